@@ -1,0 +1,142 @@
+"""Dilated ResNet (v1, caffe style, deep stem) at output stride 8: PSPNet's backbone.
+
+Layout, as in the official PSPNet and the CiSS-Net feature net (SPEC.md section 1):
+
+* stem: three 3x3 convs (widths 64, 64, 128; the first with stride 2), then 3x3 max pool
+  with stride 2;
+* res2..res5 of bottleneck blocks (1x1 reduce, 3x3, 1x1 increase, expansion 4);
+* res3 downsamples with stride 2 on its first 1x1 conv and projection (caffe ResNet v1),
+  res4 and res5 keep the resolution and dilate their 3x3 convs by 2 and 4.
+
+Every conv is followed by batch norm (epsilon 1e-5); convs carry no bias. Padding is
+explicit and symmetric so that weights converted from caffe give the same outputs.
+Depths and widths are parameters: ResNet-50 is `depths=(3, 4, 6, 3)`, ResNet-101
+`(3, 4, 23, 3)`, both with `width=64` and `stem_widths=(64, 64, 128)`.
+"""
+
+import keras
+import tensorflow as tf
+
+from ciss_tf.ppm import make_norm
+
+EXPANSION = 4
+_STAGE_STRIDES = (1, 2, 1, 1)
+_STAGE_DILATIONS = (1, 1, 2, 4)
+
+
+class _ConvBN(keras.layers.Layer):
+    """Conv (no bias, symmetric explicit padding) + batch norm + optional ReLU."""
+
+    def __init__(self, filters, kernel_size, stride=1, dilation=1, relu=True, **kwargs):
+        super().__init__(**kwargs)
+        self.relu = relu
+        self.pad = dilation * (kernel_size - 1) // 2
+        self.conv = keras.layers.Conv2D(
+            filters, kernel_size, strides=stride, dilation_rate=dilation, padding="valid",
+            use_bias=False, name="conv",
+        )
+        self.bn = make_norm("batch", filters, name="bn")
+
+
+    def call(self, x, training=False):
+        if self.pad:
+            x = tf.pad(x, [[0, 0], [self.pad, self.pad], [self.pad, self.pad], [0, 0]])
+        x = self.bn(self.conv(x), training=training)
+        return tf.nn.relu(x) if self.relu else x
+
+
+class _Bottleneck(keras.layers.Layer):
+    """ResNet v1 bottleneck; the stride sits on the first 1x1 conv (caffe convention)."""
+
+    def __init__(self, width, stride, dilation, project, **kwargs):
+        super().__init__(**kwargs)
+        self.reduce = _ConvBN(width, 1, stride=stride, name="1x1_reduce")
+        self.conv3x3 = _ConvBN(width, 3, dilation=dilation, name="3x3")
+        self.increase = _ConvBN(width * EXPANSION, 1, relu=False, name="1x1_increase")
+        self.proj = (
+            _ConvBN(width * EXPANSION, 1, stride=stride, relu=False, name="1x1_proj")
+            if project else None
+        )
+
+
+    def call(self, x, training=False):
+        shortcut = x if self.proj is None else self.proj(x, training=training)
+        y = self.reduce(x, training=training)
+        y = self.conv3x3(y, training=training)
+        y = self.increase(y, training=training)
+        return tf.nn.relu(y + shortcut)
+
+
+
+@keras.saving.register_keras_serializable(package="ciss_tf")
+class DilatedResNet(keras.layers.Layer):
+    """Dilated ResNet returning `(res4, res5)` at 1/8 of the input resolution.
+
+    res4 feeds PSPNet's auxiliary head; res5 feeds the Pyramid Pooling Module.
+
+    Args:
+      depths: blocks in res2..res5.
+      width: bottleneck width of res2 (doubled at each stage).
+      stem_widths: channels of the three stem convs.
+      freeze_bn: run every batch norm in inference mode and keep its statistics fixed, as
+        the CiSS-Net feature net does (and PSPNet fine-tuning with small batches may).
+
+    Example:
+      >>> net = DilatedResNet(depths=(1, 1, 1, 1), width=8, stem_widths=(8, 8, 16))
+      >>> [t.shape for t in net(tf.zeros([1, 64, 64, 3]))]
+      [TensorShape([1, 8, 8, 128]), TensorShape([1, 8, 8, 256])]
+    """
+
+    def __init__(self, depths=(3, 4, 6, 3), width=64, stem_widths=(64, 64, 128),
+                 freeze_bn=False, **kwargs):
+        super().__init__(**kwargs)
+        self.depths = tuple(depths)
+        self.width = width
+        self.stem_widths = tuple(stem_widths)
+        self.freeze_bn = freeze_bn
+        self.stem = [
+            _ConvBN(w, 3, stride=2 if i == 0 else 1, name=f"conv1_{i + 1}_3x3")
+            for i, w in enumerate(self.stem_widths)
+        ]
+        self.stages = []
+        for stage, depth in enumerate(self.depths):
+            stage_width = width * 2**stage
+            self.stages.append([
+                _Bottleneck(
+                    stage_width,
+                    stride=_STAGE_STRIDES[stage] if block == 0 else 1,
+                    dilation=_STAGE_DILATIONS[stage],
+                    project=block == 0,
+                    name=f"conv{stage + 2}_{block + 1}",
+                )
+                for block in range(depth)
+            ])
+
+    @property
+    def output_channels(self):
+        """Channels of res4 and res5."""
+        return self.width * 4 * EXPANSION, self.width * 8 * EXPANSION
+
+
+    def call(self, images, training=False):
+        training = training and not self.freeze_bn
+        x = images
+        for layer in self.stem:
+            x = layer(x, training=training)
+        # Inputs are post-ReLU (>= 0), so zero padding equals caffe's -inf padding here.
+        x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+        x = tf.nn.max_pool2d(x, 3, 2, "VALID")
+        outputs = []
+        for blocks in self.stages:
+            for block in blocks:
+                x = block(x, training=training)
+            outputs.append(x)
+        return outputs[2], outputs[3]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            depths=self.depths, width=self.width, stem_widths=self.stem_widths,
+            freeze_bn=self.freeze_bn,
+        )
+        return config

@@ -1,0 +1,86 @@
+"""Model presets and the flags that choose them, shared by every tool.
+
+A preset fixes the shape of the network; the dataset fixes the number of classes. The
+paper presets match SPEC.md: dilated ResNet-50 (ADE20K, Pascal Context) or ResNet-101
+(Cityscapes), PPM of 4 x 512 channels, Base/Bias/Context Nets 512 wide, pyramid branches of
+256 (context-map encoder) and 64 (p-map encoder). `tiny` keeps the same architecture with a
+few narrow blocks so that it trains on a CPU in minutes.
+"""
+
+import dataclasses
+
+from absl import flags
+
+from ciss_tf.model import CONTEXT_MODES, CissNet
+from ciss_tf.pspnet import PSPNet
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Widths and depths of the whole network."""
+
+    depths: tuple[int, ...]
+    width: int
+    stem_widths: tuple[int, ...]
+    ppm_channels: int
+    channels: int
+    bias_branch_channels: int
+    context_branch_channels: int
+
+    def feature_net(self):
+        """`FeatureNet` keyword arguments."""
+        return dict(
+            depths=self.depths, width=self.width, stem_widths=self.stem_widths,
+            ppm_channels=self.ppm_channels,
+        )
+
+
+PRESETS = {
+    "resnet50": Preset((3, 4, 6, 3), 64, (64, 64, 128), 512, 512, 256, 64),
+    "resnet101": Preset((3, 4, 23, 3), 64, (64, 64, 128), 512, 512, 256, 64),
+    "tiny": Preset((1, 1, 1, 1), 8, (8, 8, 16), 16, 32, 16, 16),
+}
+
+flags.DEFINE_enum("preset", "resnet50", list(PRESETS), "Network size (see ciss_tf/config.py).")
+flags.DEFINE_enum(
+    "context_mode", "learned", list(CONTEXT_MODES),
+    "learned: CiSS-Net; pmap: every action 1 (Baseline + p-map); none: all-uncertain context "
+    "(capacity-matched control).",
+)
+flags.DEFINE_float("dropout", 0.1, "Dropout rate of the heads.")
+flags.DEFINE_string(
+    "dataset", "synthetic",
+    "Dataset name (cityscapes, ade20k, pascal_context, camvid, synthetic): sets the classes, "
+    "their names and palette.",
+)
+flags.DEFINE_string("data_dir", None, "Folder of TFRecord shards written by data_prep.")
+
+
+def build_pspnet(num_classes, preset, dropout=0.1):
+    """The stage-1 PSPNet of a preset."""
+    preset = PRESETS[preset]
+    return PSPNet(
+        num_classes, feature_net=preset.feature_net(), head_channels=preset.channels,
+        dropout=dropout, name="pspnet",
+    )
+
+
+def build_ciss_net(num_classes, preset, context_mode="learned", dropout=0.1):
+    """The stage-2 CiSS-Net of a preset."""
+    preset = PRESETS[preset]
+    return CissNet(
+        num_classes, feature_net=preset.feature_net(), channels=preset.channels,
+        bias_branch_channels=preset.bias_branch_channels,
+        context_branch_channels=preset.context_branch_channels, dropout=dropout,
+        context_mode=context_mode, name="ciss_net",
+    )
+
+
+def model_from_flags(num_classes, stage="ciss"):
+    """The model the command-line flags describe (`stage` is "pspnet" or "ciss")."""
+    flag_values = flags.FLAGS
+    if stage == "pspnet":
+        return build_pspnet(num_classes, flag_values.preset, flag_values.dropout)
+    return build_ciss_net(
+        num_classes, flag_values.preset, flag_values.context_mode, flag_values.dropout
+    )

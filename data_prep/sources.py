@@ -1,0 +1,278 @@
+"""Where each dataset keeps its images and labels, and how its label values map to train ids.
+
+Every reader returns `{split: Split}`; a `Split` yields `RawExample`s: the encoded image and
+the encoded label file exactly as found on disk, with the paths that error messages name.
+Checking, label mapping and encoding happen in `data_prep.writer`, the same for all.
+"""
+
+import dataclasses
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from cityscapesscripts.helpers import labels as cityscapes_labels
+
+from ciss_tf.data import synthetic
+
+IGNORE = 255
+# Fixed seed of the on-disk order of the train split: the input pipeline shuffles windows
+# of consecutive records, so each window should already be a random sample.
+_TRAIN_ORDER_SEED = 0
+
+
+class DataPrepError(Exception):
+    """Bad input; the message is one line that names the file or flag at fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RawExample:
+    """One image / label pair as stored by the dataset.
+
+    Attributes:
+        filename: file name stored in the record (kept for writing predictions back).
+        image_path: where the image came from, for error messages.
+        label_path: where the label came from, for error messages.
+        image: encoded image bytes (PNG or JPEG).
+        label: encoded single-channel label PNG in the dataset's own label ids.
+    """
+
+    filename: str
+    image_path: str
+    label_path: str
+    image: bytes
+    label: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """The examples of one split: how many, and a function that reads them lazily."""
+
+    size: int
+    examples: Callable[[], Iterator[RawExample]]
+
+
+def _label_map(mapping: dict[int, int]) -> np.ndarray:
+    """A lookup table raw value -> train id over 0..255; -1 marks values that are errors."""
+    table = np.full(256, -1, np.int16)
+    for raw, train_id in mapping.items():
+        table[raw] = train_id
+    return table
+
+
+LABEL_MAPS = {
+    # The official table: trainId 255 (and -1, only for the license plate, id -1) is ignored.
+    "cityscapes": _label_map(
+        {
+            label.id: label.trainId if 0 <= label.trainId < IGNORE else IGNORE
+            for label in cityscapes_labels.labels
+            if label.id >= 0
+        }
+    ),
+    # 0 is "other objects", left out of the 150 classes; 1..150 shift down by one.
+    "ade20k": _label_map({0: IGNORE, **{raw: raw - 1 for raw in range(1, 151)}}),
+    # 0 is background, a class of its own; 255 (if a converter wrote it) is ignored.
+    "pascal_context": _label_map({**{raw: raw for raw in range(60)}, IGNORE: IGNORE}),
+    "camvid": _label_map({**{raw: raw for raw in range(11)}, 11: IGNORE}),
+    "synthetic": _label_map({raw: raw for raw in range(synthetic.NUM_CLASSES)}),
+}
+
+
+def read_file(path: str) -> bytes:
+    """Reads a whole file, turning any failure into one line naming it."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return f.read()
+    except (tf.errors.OpError, OSError) as e:
+        raise DataPrepError(f"{path}: cannot read ({type(e).__name__})") from None
+
+
+def _pairs_split(split: str, pairs: Sequence[tuple[str, str]]) -> Split:
+    """A split read from (image path, label path) pairs; the train split in random order."""
+    pairs = sorted(pairs)
+    if split == "train":
+        random.Random(_TRAIN_ORDER_SEED).shuffle(pairs)
+
+    def examples() -> Iterator[RawExample]:
+        for image_path, label_path in pairs:
+            yield RawExample(
+                filename=os.path.basename(image_path),
+                image_path=image_path,
+                label_path=label_path,
+                image=read_file(image_path),
+                label=read_file(label_path),
+            )
+
+    return Split(len(pairs), examples)
+
+
+def _require_file(path: str, image_path: str) -> str:
+    if not tf.io.gfile.exists(path):
+        raise DataPrepError(f"{image_path}: no label file (expected {path})")
+    return path
+
+
+def _glob(pattern: str) -> list[str]:
+    return sorted(tf.io.gfile.glob(pattern))
+
+
+def _isdir(path: str) -> bool:
+    return tf.io.gfile.isdir(path)
+
+
+def cityscapes_splits(input_dir: str) -> dict[str, Split]:
+    """`leftImg8bit/<split>/<city>/*_leftImg8bit.png` with `gtFine/<split>/<city>/*_gtFine_labelIds.png`."""
+    image_root = os.path.join(input_dir, "leftImg8bit")
+    label_root = os.path.join(input_dir, "gtFine")
+    if not (_isdir(image_root) and _isdir(label_root)):
+        raise DataPrepError(
+            f"{input_dir}: expected the Cityscapes folders leftImg8bit/ and gtFine/"
+        )
+    splits = {}
+    for split in sorted(tf.io.gfile.listdir(image_root)):
+        split = split.rstrip("/")
+        if not _isdir(os.path.join(label_root, split)):
+            logging.warning("Skipping leftImg8bit/%s: no gtFine/%s", split, split)
+            continue
+        images = _glob(os.path.join(image_root, split, "*", "*_leftImg8bit.png"))
+        pairs = []
+        for image in images:
+            city = os.path.basename(os.path.dirname(image))
+            name = os.path.basename(image).replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+            label = os.path.join(label_root, split, city, name)
+            pairs.append((image, _require_file(label, image)))
+        if pairs:
+            splits[split] = _pairs_split(split, pairs)
+    return splits
+
+
+def ade20k_splits(input_dir: str) -> dict[str, Split]:
+    """`ADEChallengeData2016/images/{training,validation}/*.jpg` and `annotations/.../*.png`.
+
+    `input_dir` may be `ADEChallengeData2016` itself or its parent.
+    """
+    root = os.path.join(input_dir, "ADEChallengeData2016")
+    if not _isdir(root):
+        root = input_dir
+    splits = {}
+    for folder, split in (("training", "train"), ("validation", "val")):
+        images = _glob(os.path.join(root, "images", folder, "*.jpg"))
+        pairs = []
+        for image in images:
+            stem = os.path.splitext(os.path.basename(image))[0]
+            label = os.path.join(root, "annotations", folder, stem + ".png")
+            pairs.append((image, _require_file(label, image)))
+        if pairs:
+            splits[split] = _pairs_split(split, pairs)
+    return splits
+
+
+def pascal_context_splits(input_dir: str) -> dict[str, Split]:
+    """`JPEGImages/*.jpg`, `SegmentationClassContext/*.png`, `ImageSets/SegmentationContext/*.txt`.
+
+    `input_dir` may be `VOC2010` itself, `VOCdevkit` or the folder holding `VOCdevkit`.
+    Every list file `ImageSets/SegmentationContext/<split>.txt` is one split.
+    """
+    for root in (
+        input_dir,
+        os.path.join(input_dir, "VOC2010"),
+        os.path.join(input_dir, "VOCdevkit", "VOC2010"),
+    ):
+        list_dir = os.path.join(root, "ImageSets", "SegmentationContext")
+        if _isdir(list_dir):
+            break
+    else:
+        return {}
+    splits = {}
+    for list_file in _glob(os.path.join(list_dir, "*.txt")):
+        split = os.path.splitext(os.path.basename(list_file))[0]
+        ids = read_file(list_file).decode().split()
+        pairs = []
+        for image_id in ids:
+            image = os.path.join(root, "JPEGImages", image_id + ".jpg")
+            if not tf.io.gfile.exists(image):
+                raise DataPrepError(f"{list_file}: lists {image_id} but {image} is missing")
+            label = os.path.join(root, "SegmentationClassContext", image_id + ".png")
+            pairs.append((image, _require_file(label, image)))
+        if pairs:
+            splits[split] = _pairs_split(split, pairs)
+    return splits
+
+
+def camvid_splits(input_dir: str) -> dict[str, Split]:
+    """SegNet layout: each `<split>/*.png` with the same file names in `<split>annot/`."""
+    splits = {}
+    for split in sorted(tf.io.gfile.listdir(input_dir)):
+        split = split.rstrip("/")
+        annot = os.path.join(input_dir, split + "annot")
+        if split.endswith("annot") or not _isdir(annot):
+            continue
+        images = _glob(os.path.join(input_dir, split, "*.png"))
+        pairs = [
+            (image, _require_file(os.path.join(annot, os.path.basename(image)), image))
+            for image in images
+        ]
+        if pairs:
+            splits[split] = _pairs_split(split, pairs)
+    return splits
+
+
+def synthetic_splits(
+    *, seed: int, num_train: int, num_val: int, height: int, width: int
+) -> dict[str, Split]:
+    """The generated default dataset (see `ciss_tf.data.synthetic`), encoded as PNG."""
+
+    def split(name: str, size: int) -> Split:
+        def examples() -> Iterator[RawExample]:
+            for index in range(size):
+                image, label = synthetic.generate_example(seed, name, index, height, width)
+                filename = f"synthetic_{name}_{index:05d}.png"
+                yield RawExample(
+                    filename=filename,
+                    image_path=f"<synthetic {name} {index}>",
+                    label_path=f"<synthetic {name} {index} label>",
+                    image=cv2.imencode(".png", image[..., ::-1])[1].tobytes(),
+                    label=cv2.imencode(".png", label)[1].tobytes(),
+                )
+
+        return Split(size, examples)
+
+    return {name: split(name, size) for name, size in (("train", num_train), ("val", num_val))}
+
+
+FOLDER_READERS = {
+    "cityscapes": cityscapes_splits,
+    "ade20k": ade20k_splits,
+    "pascal_context": pascal_context_splits,
+    "camvid": camvid_splits,
+}
+
+EXPECTED_LAYOUT = {
+    "cityscapes": "leftImg8bit/<split>/<city>/*_leftImg8bit.png and "
+    "gtFine/<split>/<city>/*_gtFine_labelIds.png",
+    "ade20k": "ADEChallengeData2016/images/{training,validation}/*.jpg and "
+    "ADEChallengeData2016/annotations/{training,validation}/*.png",
+    "pascal_context": "JPEGImages/*.jpg, SegmentationClassContext/*.png and "
+    "ImageSets/SegmentationContext/<split>.txt",
+    "camvid": "<split>/*.png and <split>annot/*.png",
+}
+
+
+def folder_splits(dataset: str, input_dir: str) -> dict[str, Split]:
+    """Finds every split of `dataset` under `input_dir`.
+
+    Raises:
+        DataPrepError: `input_dir` is missing or holds no split in the expected layout.
+    """
+    if not _isdir(input_dir):
+        raise DataPrepError(f"--input_dir={input_dir} is not a directory")
+    splits = FOLDER_READERS[dataset](input_dir)
+    if not splits:
+        raise DataPrepError(
+            f"--input_dir={input_dir}: no {dataset} images found "
+            f"(expected {EXPECTED_LAYOUT[dataset]})"
+        )
+    return splits

@@ -1,0 +1,179 @@
+"""Network shapes, presets, GroupNorm, the unrolled steps and the cached X half."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ciss_tf import config, ppm
+from ciss_tf.backbone import DilatedResNet
+from ciss_tf.context_net import ContextNet
+from ciss_tf.model import CissNet, sample_actions
+from ciss_tf.pspnet import PSPNet
+from ciss_tf.segment_net import BaseNet, BiasNet
+
+NUM_CLASSES = 5
+
+
+def _tiny(context_mode="learned", dropout=0.0):
+    keras.utils.set_random_seed(0)
+    return config.build_ciss_net(NUM_CLASSES, "tiny", context_mode, dropout)
+
+
+def _images(batch=2, size=64, seed=0):
+    return tf.random.stateless_normal([batch, size, size, 3], seed=[seed, 1])
+
+
+def test_ceil_avg_pool_matches_pspnet_pooling_and_dynamic_shapes():
+    x = tf.random.stateless_normal([2, 60, 60, 3], seed=[1, 2])
+    for bins in (1, 2, 3, 6):
+        kernel = -(-60 // bins)
+        expected = tf.nn.avg_pool2d(x, kernel, kernel, "VALID")
+        np.testing.assert_allclose(ppm.ceil_avg_pool(x, bins), expected, atol=1e-5)
+    # 61 pixels with 6 bins: kernel 11, only 5 whole cells fit (the PSPNet convention).
+    pool = tf.function(
+        lambda t: ppm.ceil_avg_pool(t, 6),
+        input_signature=[tf.TensorSpec([None, None, None, 3])],
+    )
+    y = tf.random.stateless_normal([1, 61, 61, 3], seed=[3, 4])
+    np.testing.assert_allclose(pool(y), tf.nn.avg_pool2d(y, 11, 11, "VALID"), atol=1e-5)
+
+
+def test_backbone_output_stride_8_and_caffe_sizes():
+    net = DilatedResNet(depths=(1, 1, 1, 1), width=8, stem_widths=(8, 8, 16))
+    res4, res5 = net(tf.zeros([1, 473, 473, 3]))
+    assert res4.shape == (1, 60, 60, 128)  # 473 -> 237 -> 119 -> 60, as in PSPNet
+    assert res5.shape == (1, 60, 60, 256)
+
+
+def test_paper_preset_shapes_and_parameter_counts():
+    keras.utils.set_random_seed(0)
+    net = config.build_ciss_net(150, "resnet50")
+    out = net(tf.zeros([1, 33, 33, 3]), num_steps=1)
+    assert net.feature_net.output_channels == 4096  # 2048 + 4 x 512
+    assert out["logits"].shape == (2, 1, 5, 5, 150)
+    # Dilated ResNet-50 with the deep stem: 23.7 M parameters (ImageNet ResNet-50 without
+    # its classifier has 23.5 M; the deep stem adds 0.1 M).
+    assert net.feature_net.backbone.count_params() == 23_685_312
+    bias_trunk = net.bias_net.trunk
+    # First Bias-Net conv: 3x3 over [X (4096), onehot (151), 4 x 256 branches] -> 512.
+    assert tuple(bias_trunk.kernel.shape) == (3, 3, 4096 + 151 + 1024, 512)
+    assert tuple(net.context_net.trunk.kernel.shape) == (3, 3, 4096 + 150 + 256, 512)
+    psp = config.build_pspnet(19, "resnet101")  # not called: building 101 layers is slow
+    assert [len(stage) for stage in psp.feature_net.backbone.stages] == [3, 4, 23, 3]
+    psp = config.build_pspnet(19, "tiny")
+    outputs = psp(tf.zeros([1, 33, 33, 3]))
+    assert outputs["logits"].shape == (1, 5, 5, 19)
+    assert outputs["aux_logits"].shape == (1, 5, 5, 19)
+
+
+def test_group_norm_has_16_channels_per_group():
+    net = _tiny()
+    net(_images(1), num_steps=1)
+    group_norms = [
+        layer for layer in net._flatten_layers() if isinstance(layer, keras.layers.GroupNormalization)
+    ]
+    assert len(group_norms) >= 10
+    for layer in group_norms:
+        channels = layer.gamma.shape[0]
+        assert channels // layer.groups == 16, layer.name
+
+
+def test_step_zero_is_the_base_net_alone_and_base_logits_are_reused():
+    net = _tiny()
+    images = _images()
+    out = net(images, num_steps=2)
+    expected = net.base_net(net.features(images))
+    np.testing.assert_allclose(out["logits"][0], expected, atol=1e-5)
+    # Changing the Bias Net changes later steps only.
+    for weight in net.bias_net.trainable_weights:
+        weight.assign(weight + 0.5)
+    changed = net(images, num_steps=2)
+    np.testing.assert_allclose(changed["logits"][0], out["logits"][0], atol=1e-5)
+    assert np.abs(changed["logits"][1] - out["logits"][1]).max() > 1e-3
+    # logits_{t+1} = logits_0 + bias_net(X, K_t)
+    x = net.features(images)
+    bias = net.bias_net.call_concat(x, changed["context"][1])
+    np.testing.assert_allclose(changed["logits"][2], changed["logits"][0] + bias, atol=1e-4)
+
+
+def test_context_map_is_action_times_prediction_plus_one():
+    net = _tiny()
+    out = net(_images(), num_steps=2)
+    prediction = np.argmax(out["logits"][:-1], axis=-1)
+    np.testing.assert_array_equal(out["context"], np.asarray(out["actions"]) * (prediction + 1))
+    # Greedy: keep exactly where pi(keep) > pi(ignore).
+    policy = np.asarray(out["policy_logits"])
+    np.testing.assert_array_equal(out["actions"], (policy[..., 1] > policy[..., 0]).astype(int))
+
+
+@pytest.mark.parametrize("mode", ["pmap", "none"])
+def test_ablation_modes(mode):
+    net = _tiny(mode)
+    assert net.context_net is None
+    out = net(_images(), num_steps=2)
+    prediction = np.argmax(out["logits"][:-1], axis=-1)
+    expected = prediction + 1 if mode == "pmap" else np.zeros_like(prediction)
+    np.testing.assert_array_equal(out["context"], expected)
+    assert "policy_logits" not in out
+
+
+def test_sampled_actions_follow_the_policy_and_are_keyed_by_sample_id():
+    keep = tf.fill([2, 64, 64], 0.7)
+    ids = tf.constant([3, 4], tf.int64)
+    first = sample_actions(keep, 0, ids, seed=7).numpy()
+    assert abs(first.mean() - 0.7) < 0.02
+    np.testing.assert_array_equal(first, sample_actions(keep, 0, ids, seed=7))
+    # An example's actions do not depend on its batch neighbours (replica splits agree).
+    alone = sample_actions(keep[1:], 0, ids[1:], seed=7).numpy()
+    np.testing.assert_array_equal(alone[0], first[1])
+    assert (first[0] != first[1]).mean() > 0.2
+    assert (sample_actions(keep, 1, ids, seed=7).numpy() != first).mean() > 0.2
+
+
+def test_training_samples_and_evaluation_is_greedy():
+    net = _tiny()
+    # Make pi(keep) = 0.7 everywhere: zero policy kernel, bias log-odds.
+    head = net.context_net.policy_head
+    images = _images()
+    net(images, num_steps=1)
+    head.kernel.assign(tf.zeros_like(head.kernel))
+    head.bias.assign([0.0, np.log(0.7 / 0.3)])
+    ids = tf.constant([0, 1], tf.int64)
+    sampled = net(images, training=True, num_steps=1, sample_ids=ids)["actions"].numpy()
+    assert 0.6 < sampled.mean() < 0.8
+    greedy = net(images, training=False, num_steps=1)["actions"].numpy()
+    assert greedy.min() == 1
+
+
+def test_cached_feature_half_equals_plain_concat_at_every_step():
+    net = _tiny()
+    images = _images()
+    cached = net(images, num_steps=4, cache_features=True)
+    plain = net(images, num_steps=4, cache_features=False)
+    np.testing.assert_allclose(cached["logits"], plain["logits"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(cached["values"], plain["values"], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(cached["context"], plain["context"])
+
+
+@pytest.mark.parametrize(
+    "layer, args",
+    [
+        (BaseNet(4, 32), ()),
+        (BiasNet(4, 48, 32, 16), ()),
+        (ContextNet(4, 48, 32, 16), ()),
+        (ppm.PyramidPooling(16, norm="group"), ()),
+        (DilatedResNet((1, 1, 1, 1), 8, (8, 8, 16)), ()),
+    ],
+)
+def test_layer_config_round_trip(layer, args):
+    clone = type(layer).from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+def test_model_config_round_trip():
+    for model in (_tiny(), config.build_pspnet(3, "tiny")):
+        clone = type(model).from_config(model.get_config())
+        assert clone.get_config() == model.get_config()
+    assert isinstance(config.build_pspnet(3, "tiny"), PSPNet)
+    assert isinstance(_tiny(), CissNet)
