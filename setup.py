@@ -13,6 +13,7 @@ setuptools.setup(
     install_requires=[
         "tensorflow==2.21.0",
         "keras==3.15.1",
+        "tensorboard==2.21.0",  # tf.summary needs it; TF 2.21 no longer pulls it in
         "tensorflow-datasets==4.9.10",
         "numpy==2.4.6",
         "absl-py==2.5.1",

@@ -1,0 +1,441 @@
+r"""Trains PSPNet (stage 1) or CiSS-Net (stage 2) under `tf.distribute`.
+
+    python -m ciss_tf.train --flagfile=experiments/ade20k_pspnet.flags   # stage 1
+    python -m ciss_tf.train --flagfile=experiments/ade20k.flags \
+        --init_checkpoint=runs/ade20k_pspnet                             # stage 2
+
+One custom `tf.function` step run with `strategy.run`: the CiSS-Net step unrolls T steps,
+samples Bernoulli actions keyed by each example's global index, accumulates the Eq. 7 loss
+(`losses.ciss_loss`) and applies SGD with momentum and poly decay. Per-group learning
+rates (SPEC.md section 5) are applied by scaling the Bias Net's and Context Net's
+gradients by `context_learning_rate / base_learning_rate`: with SGD + momentum and the
+weight decay inside the loss, that is exactly a second learning rate for that group.
+Weight decay (kernels only) is the caffe convention: `wd / 2 * |w|^2` added to the loss.
+
+Re-running the same command resumes from the latest checkpoint in `--model_dir`: model,
+optimizer and step are restored, and the input stream restarts at element
+`step * batch_size` (the pipeline's randomness is keyed by element index, so the resumed
+stream equals the uninterrupted one). A non-finite loss stops training before any
+checkpoint of the diverged weights is written.
+"""
+
+import math
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from ciss_tf import checkpoints, config, losses
+from ciss_tf.data import datasets, input_pipeline
+
+flags.DEFINE_enum("stage", "ciss", ["pspnet", "ciss"], "pspnet: stage 1; ciss: stage 2.")
+flags.DEFINE_string("model_dir", None, "Checkpoints and TensorBoard logs (train/, eval/).")
+flags.DEFINE_string(
+    "init_checkpoint", None,
+    "Stage 2: stage-1 checkpoint (file prefix or folder) whose feature net is loaded and "
+    "frozen. Without it the feature net keeps random weights (tests only).",
+)
+flags.DEFINE_integer("batch_size", 16, "Global batch size (all replicas together).")
+flags.DEFINE_list("crop_size", ["473", "473"], "Training crop: height,width.")
+flags.DEFINE_float("min_scale", 0.5, "Smallest random rescaling factor.")
+flags.DEFINE_float("max_scale", 2.0, "Largest random rescaling factor.")
+flags.DEFINE_integer("max_steps", 30000, "Training steps (poly decay reaches 0 here).")
+flags.DEFINE_float("base_learning_rate", 2e-3, "Learning rate of PSPNet / the Base Net.")
+flags.DEFINE_float(
+    "context_learning_rate", 2e-4, "Learning rate of the Bias Net and the Context Net."
+)
+flags.DEFINE_float("lr_power", 0.9, "Poly decay power.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay on conv kernels.")
+flags.DEFINE_integer("unroll_steps", 8, "T: context steps unrolled per episode.")
+flags.DEFINE_float("gamma", 0.9, "Discount factor of the returns (Eq. 5).")
+flags.DEFINE_float("lambda1", 1.0, "Weight of the segmentation loss (Eq. 7).")
+flags.DEFINE_float("lambda2", 0.05, "Weight of the entropy term (Eq. 7).")
+flags.DEFINE_float("beta1", 0.4, "Reward for correct context (Eq. 4).")
+flags.DEFINE_float("beta2", 0.2, "Reward for 'uncertain' (Eq. 4).")
+flags.DEFINE_integer("reward_window", 5, "Side of the window averaging M in Eq. 4 (odd).")
+flags.DEFINE_integer("seed", 0, "Seed of initialisation, input stream and action sampling.")
+flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower; for tests).")
+flags.DEFINE_enum(
+    "strategy", "default", ["default", "one_device", "mirrored", "multi_worker"],
+    "default: MirroredStrategy when several GPUs or --num_cpu_devices > 1, else the default "
+    "strategy; multi_worker reads TF_CONFIG.",
+)
+flags.DEFINE_integer(
+    "num_cpu_devices", 1,
+    "Split the host CPU into N logical devices and train under MirroredStrategy across them "
+    "(to exercise distribution without GPUs).",
+)
+flags.DEFINE_bool("jit_compile", False, "Compile the replica step with XLA.")
+flags.DEFINE_enum(
+    "mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
+    "Keras dtype policy; policy, value and losses stay in float32.",
+)
+flags.DEFINE_integer(
+    "stop_at_step", None,
+    "Checkpoint and stop at this step, leaving the schedule of --max_steps unchanged (for "
+    "time-sliced or preemptible jobs: re-run the command to continue).",
+)
+flags.DEFINE_integer("checkpoint_every", 1000, "Steps between checkpoints.")
+flags.DEFINE_integer("max_to_keep", 5, "Checkpoints kept.")
+flags.DEFINE_integer("log_every", 20, "Steps between progress lines and scalar summaries.")
+flags.DEFINE_integer("image_summary_every", 500, "Steps between image panels (0: never).")
+flags.DEFINE_integer("eval_every", 0, "Steps between evaluations on the eval split (0: never).")
+flags.DEFINE_integer("eval_images", 50, "Images used by the periodic evaluation.")
+
+FLAGS = flags.FLAGS
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def _crop_size():
+    try:
+        height, width = (int(v) for v in FLAGS.crop_size)
+    except ValueError:
+        raise ValueError(f"--crop_size must be height,width; got {FLAGS.crop_size}") from None
+    return height, width
+
+
+def make_strategy(name, num_cpu_devices):
+    """The `tf.distribute` strategy for `--strategy` (call before any other TF op)."""
+    if num_cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * num_cpu_devices
+        )
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if gpus and (name == "mirrored" or len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    if num_cpu_devices > 1 or name == "mirrored":
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus)
+    return tf.distribute.get_strategy()
+
+
+def split_variables(model, stage):
+    """(variables, gradient multipliers): the Base Net (or PSPNet) at 1, the rest at the ratio."""
+    variables = model.trainable_variables
+    if stage == "pspnet":
+        return variables, [1.0] * len(variables)
+    base = {id(v) for v in model.base_net.trainable_variables}
+    ratio = FLAGS.context_learning_rate / FLAGS.base_learning_rate
+    return variables, [1.0 if id(v) in base else ratio for v in variables]
+
+
+def weight_decay_loss(variables):
+    """`wd / 2 * sum |kernel|^2`, the caffe weight decay, on conv kernels only."""
+    kernels = [v for v in variables if "kernel" in v.path]
+    if not kernels or not FLAGS.weight_decay:
+        return tf.constant(0.0)
+    return 0.5 * FLAGS.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in kernels])
+
+
+class Trainer:
+    """Owns the strategy, model, optimizer, checkpoints and the distributed train step."""
+
+    def __init__(self, strategy, info):
+        self.strategy = strategy
+        self.info = info
+        self.stage = FLAGS.stage
+        self.global_batch = FLAGS.batch_size
+        if self.global_batch % strategy.num_replicas_in_sync:
+            raise ValueError(
+                f"--batch_size={self.global_batch} is not divisible by the "
+                f"{strategy.num_replicas_in_sync} replicas"
+            )
+        self.crop = _crop_size()
+        with strategy.scope():
+            self.model = config.model_from_flags(info.num_classes, self.stage)
+            self.model(tf.zeros((1, *self.crop, 3)), **self._call_kwargs(training=False))
+            schedule = keras.optimizers.schedules.PolynomialDecay(
+                FLAGS.base_learning_rate, FLAGS.max_steps, 0.0, power=FLAGS.lr_power
+            )
+            self.schedule = schedule
+            optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
+            if FLAGS.mixed_precision == "mixed_float16":
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.variables, self.multipliers = split_variables(self.model, self.stage)
+            optimizer.build(self.variables)
+            self.optimizer = optimizer
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.replica_fn = (
+            tf.function(self.replica_step, jit_compile=True) if FLAGS.jit_compile
+            else self.replica_step
+        )
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step
+        )
+
+    def _call_kwargs(self, training):
+        if self.stage == "pspnet":
+            return {"training": training}
+        return {"training": training, "num_steps": FLAGS.unroll_steps}
+
+    def _loss(self, outputs, labels):
+        if self.stage == "pspnet":
+            return losses.pspnet_loss(
+                outputs, labels, global_batch_size=self.global_batch,
+                ignore_label=self.info.ignore_label,
+            )
+        return losses.ciss_loss(
+            outputs, labels, global_batch_size=self.global_batch, gamma=FLAGS.gamma,
+            lambda1=FLAGS.lambda1, lambda2=FLAGS.lambda2, beta1=FLAGS.beta1, beta2=FLAGS.beta2,
+            window=FLAGS.reward_window, ignore_label=self.info.ignore_label,
+        )
+
+    def replica_step(self, batch):
+        """Forward, Eq. 7 (or PSPNet's loss), backward and update on one replica's batch."""
+        kwargs = self._call_kwargs(training=True)
+        if self.stage == "ciss":
+            kwargs.update(sample_ids=batch["sample_id"], seed=FLAGS.seed)
+        with tf.GradientTape() as tape:
+            outputs = self.model(batch["image"], **kwargs)
+            terms = self._loss(outputs, batch["label"])
+            # Replica gradients are summed: each replica carries 1/N of the decay.
+            decay = weight_decay_loss(self.variables) / self.strategy.num_replicas_in_sync
+            loss = terms["total"] + decay
+            scaled = (
+                self.optimizer.scale_loss(loss)
+                if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) else loss
+            )
+        gradients = tape.gradient(scaled, self.variables)
+        gradients = [
+            g if m == 1.0 else g * m for g, m in zip(gradients, self.multipliers, strict=True)
+        ]
+        self.optimizer.apply_gradients(zip(gradients, self.variables, strict=True))
+        terms["weight_decay"] = decay
+        return terms
+
+    @tf.function
+    def train_step(self, iterator):
+        """One distributed step; returns the terms summed over replicas (global means)."""
+        per_replica = self.strategy.run(self.replica_fn, args=(next(iterator),))
+        self.step.assign_add(1)
+        return {
+            name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for name, value in per_replica.items()
+        }
+
+    def dataset(self, start_index):
+        """The distributed training stream starting at global element `start_index`."""
+        pattern = input_pipeline.split_file_pattern(FLAGS.data_dir, self.info.train_split)
+
+        def dataset_fn(input_context):
+            return input_pipeline.train_dataset(
+                pattern, crop_size=self.crop, batch_size=self.global_batch, seed=FLAGS.seed,
+                num_classes=self.info.num_classes, min_scale=FLAGS.min_scale,
+                max_scale=FLAGS.max_scale, ignore_label=self.info.ignore_label,
+                start_index=start_index, input_context=input_context,
+            )
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def weights_are_finite(self):
+        """True when every model variable is finite (checked before each save)."""
+        return all(
+            bool(tf.reduce_all(tf.math.is_finite(v)))
+            for v in self.model.variables if tf.as_dtype(v.dtype).is_floating
+        )
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )
+
+
+def _checkpoint_dir(strategy, model_dir):
+    """Chief writes to model_dir; other workers to a scratch folder (TF's documented pattern)."""
+    if _is_chief(strategy):
+        return model_dir
+    return os.path.join(model_dir, "workers", f"worker_{strategy.cluster_resolver.task_id}")
+
+
+def _image_panel(trainer, preview):
+    """Per step t: input | ground truth | p-map | context map (uncertain white)."""
+    outputs = trainer.model(preview["image"], training=False, num_steps=FLAGS.unroll_steps)
+    size = preview["label"].shape[1:3]
+    image = input_pipeline.denormalize_image(preview["image"])[0].numpy()
+    label = datasets.colorize(preview["label"][0].numpy(), trainer.info.palette)
+    rows = []
+    for t in range(FLAGS.unroll_steps + 1):
+        logits = tf.image.resize(outputs["logits"][t][:1], size, method="bilinear")
+        pmap = datasets.colorize(tf.argmax(logits, -1)[0].numpy(), trainer.info.palette)
+        if t < FLAGS.unroll_steps:
+            context = tf.image.resize(
+                outputs["context"][t][:1, ..., None], size, method="nearest"
+            )[0, ..., 0].numpy()
+            context_rgb = datasets.colorize(context - 1, trainer.info.palette, context == 0)
+        else:
+            context_rgb = np.zeros_like(pmap)
+        rows.append(np.concatenate([image, label, pmap, context_rgb], axis=1))
+    return np.stack(rows)
+
+
+def _preview_batch(info):
+    """The first image of the eval split (else train), fixed for the whole run."""
+    for split in (info.eval_split, info.train_split):
+        try:
+            pattern = input_pipeline.split_file_pattern(FLAGS.data_dir, split)
+        except FileNotFoundError:
+            continue
+        dataset = input_pipeline.eval_dataset(pattern, num_classes=info.num_classes)
+        return next(iter(dataset))
+    return None
+
+
+def train():
+    """Runs training as the flags say; returns the final step's loss terms."""
+    if FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(FLAGS.strategy, FLAGS.num_cpu_devices)
+    keras.utils.set_random_seed(FLAGS.seed)
+    if FLAGS.mixed_precision != "float32":
+        keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
+    info = datasets.get_dataset_info(FLAGS.dataset)
+    trainer = Trainer(strategy, info)
+    model_dir = FLAGS.model_dir
+    manager = tf.train.CheckpointManager(
+        trainer.checkpoint, _checkpoint_dir(strategy, model_dir), FLAGS.max_to_keep,
+        step_counter=trainer.step,
+    )
+    if manager.latest_checkpoint:
+        trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("Resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step))
+    elif FLAGS.init_checkpoint and FLAGS.stage == "ciss":
+        path = checkpoints.restore_feature_net(trainer.model, FLAGS.init_checkpoint)
+        logging.info("Feature net initialised from %s", path)
+    elif FLAGS.stage == "ciss":
+        logging.warning("No --init_checkpoint: the frozen feature net keeps random weights.")
+
+    start = int(trainer.step)
+    iterator = iter(trainer.dataset(start * trainer.global_batch))
+    chief = _is_chief(strategy)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train")) if chief else None
+    preview = _preview_batch(info) if chief and FLAGS.stage == "ciss" else None
+    terms, tick, tick_step, started = {}, time.time(), start, time.time()
+    last_step = min(FLAGS.max_steps, FLAGS.stop_at_step or FLAGS.max_steps)
+    for step in range(start + 1, last_step + 1):
+        terms = {name: float(value) for name, value in trainer.train_step(iterator).items()}
+        if not math.isfinite(terms["total"]):
+            raise NonFiniteLossError(
+                f"loss is {terms['total']} at step {step}; stopping without saving (last "
+                f"good checkpoint: {manager.latest_checkpoint}). Lower the learning rate?"
+            )
+        if step % FLAGS.log_every == 0 or step == last_step:
+            now = time.time()
+            steps_per_second = (step - tick_step) / max(now - tick, 1e-9)
+            remaining = (FLAGS.max_steps - step) / max(steps_per_second, 1e-9)
+            logging.info(
+                "step %d/%d  loss %.4f  %s  %.2f img/s  eta %s", step, FLAGS.max_steps,
+                terms["total"],
+                "  ".join(f"{k} {v:.4g}" for k, v in sorted(terms.items()) if k != "total"),
+                steps_per_second * trainer.global_batch, _format_seconds(remaining),
+            )
+            if writer is not None:
+                _write_scalars(writer, trainer, terms, step, steps_per_second)
+            tick, tick_step = now, step
+        if preview is not None and FLAGS.image_summary_every and (
+            step % FLAGS.image_summary_every == 0 or step == FLAGS.max_steps
+        ):
+            with writer.as_default(step=step):
+                tf.summary.image(
+                    "steps/input_gt_pmap_context", _image_panel(trainer, preview),
+                    max_outputs=FLAGS.unroll_steps + 1,
+                )
+        if FLAGS.eval_every and step % FLAGS.eval_every == 0 and chief:
+            _evaluate(trainer, step)
+        if step % FLAGS.checkpoint_every == 0 or step == last_step:
+            if not trainer.weights_are_finite():
+                raise NonFiniteLossError(
+                    f"non-finite weights at step {step}; checkpoint not written"
+                )
+            manager.save(checkpoint_number=step)
+    if writer is not None:
+        writer.flush()
+    logging.info("Done: %d steps in %s", last_step - start, _format_seconds(
+        time.time() - started))
+    return terms
+
+
+def _write_scalars(writer, trainer, terms, step, steps_per_second):
+    base_lr = float(trainer.schedule(step))
+    with writer.as_default(step=step):
+        for name, value in terms.items():
+            group = "loss" if name in (
+                "total", "policy", "value", "entropy", "segmentation", "auxiliary",
+                "weight_decay",
+            ) or name.startswith("segmentation_t") else "rl"
+            tf.summary.scalar(f"{group}/{name}", value)
+        tf.summary.scalar("learning_rate/base", base_lr)
+        if trainer.stage == "ciss":
+            tf.summary.scalar(
+                "learning_rate/context",
+                base_lr * FLAGS.context_learning_rate / FLAGS.base_learning_rate,
+            )
+        tf.summary.scalar("perf/steps_per_second", steps_per_second)
+        tf.summary.scalar("perf/images_per_second", steps_per_second * trainer.global_batch)
+
+
+def _evaluate(trainer, step):
+    from ciss_tf import evaluate  # noqa: PLC0415  (the evaluator is optional at import)
+
+    info = trainer.info
+    pattern = input_pipeline.split_file_pattern(FLAGS.data_dir, info.eval_split)
+    dataset = input_pipeline.eval_dataset(pattern, num_classes=info.num_classes).take(
+        FLAGS.eval_images
+    )
+    eval_steps = [0] if trainer.stage == "pspnet" else sorted({0, 2, FLAGS.unroll_steps})
+    results = evaluate.evaluate_model(
+        trainer.model, dataset, num_classes=info.num_classes, eval_steps=eval_steps
+    )
+    writer = tf.summary.create_file_writer(os.path.join(FLAGS.model_dir, "eval"))
+    with writer.as_default(step=step):
+        for t, scores in results["steps"].items():
+            tf.summary.scalar(f"miou/t{t}", scores["miou"])
+            tf.summary.scalar(f"pixel_accuracy/t{t}", scores["pixel_accuracy"])
+    writer.flush()
+    logging.info(
+        "eval at step %d: %s", step,
+        "  ".join(f"t={t} mIoU {s['miou']:.4f}" for t, s in results["steps"].items()),
+    )
+
+
+def _format_seconds(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def main(argv):
+    del argv
+    if not FLAGS.model_dir:
+        sys.exit("error: --model_dir is required")
+    if not FLAGS.data_dir:
+        sys.exit("error: --data_dir is required (TFRecords written by data_prep)")
+    try:
+        train()
+    except (ValueError, FileNotFoundError, NonFiniteLossError) as error:
+        sys.exit(f"error: {error}")
+
+
+def run():
+    """Console entry point."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
