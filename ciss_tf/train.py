@@ -421,6 +421,7 @@ def _format_seconds(seconds):
 
 
 def main(argv):
+    """Trains; one error line and a non-zero exit on bad flags, data or divergence."""
     del argv
     if not FLAGS.model_dir:
         sys.exit("error: --model_dir is required")
