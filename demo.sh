@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Sets up .venv (first run only), then runs the embedded demo on the CPU.
+# Extra arguments go to the demo, e.g. `bash demo.sh --workdir=/tmp/demo --ablations=all`.
+set -euo pipefail
+cd "$(dirname "$0")"
+source .ci/venv.sh
+export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
+exec .venv/bin/python -m ciss_tf.demo "$@"

@@ -1,0 +1,188 @@
+"""Training end to end through the CLI: over-fitting, distribution, resume, NaN guard, logs."""
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+
+TINY = [
+    "--stage=ciss", "--preset=tiny", "--dataset=synthetic", "--crop_size=48,48",
+    "--batch_size=4", "--unroll_steps=2", "--log_every=1", "--image_summary_every=0",
+    "--base_learning_rate=0.01", "--context_learning_rate=0.001", "--seed=3",
+]
+
+
+def _run(module, *args, check=True, env=ENV):
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=600,
+    )
+    if check and result.returncode:
+        raise AssertionError(f"{module} failed:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    _run(
+        "data_prep.build_tfrecords", "--dataset=synthetic", f"--output_dir={out}",
+        "--synthetic_num_train=8", "--synthetic_num_val=2", "--synthetic_height=48",
+        "--synthetic_width=48",
+    )
+    return str(out)
+
+
+def _weights(model_dir, step):
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, f"ckpt-{step}"))
+    names = [
+        name for name in reader.get_variable_to_shape_map()
+        if name.startswith("model/") and "OPTIMIZER_SLOT" not in name
+    ]
+    return {name: reader.get_tensor(name) for name in names}
+
+
+def _assert_same_weights(a, b, atol):
+    assert a.keys() == b.keys()
+    for name in a:
+        if a[name].dtype.kind == "f":
+            np.testing.assert_allclose(a[name], b[name], atol=atol, rtol=0, err_msg=name)
+
+
+def test_overfits_a_few_images_and_logs_every_tag(data_dir, tmp_path):
+    # Two images, no augmentation that changes them much: the segmentation loss must fall.
+    model_dir = tmp_path / "run"
+    result = _run(
+        "ciss_tf.train", *TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+        "--max_steps=12", "--min_scale=1.0", "--max_scale=1.0", "--base_learning_rate=0.05",
+        "--context_learning_rate=0.01", "--image_summary_every=12", "--dropout=0",
+    )
+    losses = [
+        float(line.split("segmentation ")[1].split()[0])
+        for line in result.stderr.splitlines() if " segmentation " in line
+    ]
+    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    tags = set()
+    for path in glob.glob(str(model_dir / "train" / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    expected = {
+        "loss/total", "loss/policy", "loss/value", "loss/entropy", "loss/segmentation",
+        "loss/segmentation_t0", "loss/segmentation_t2", "loss/weight_decay", "rl/reward",
+        "rl/value_estimate", "rl/policy_entropy", "rl/kept_fraction", "rl/return",
+        "learning_rate/base", "learning_rate/context", "perf/steps_per_second",
+        "perf/images_per_second", "steps/input_gt_pmap_context",
+    }
+    assert expected <= tags, expected - tags
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-12")
+
+
+def test_two_replicas_equal_one_device(data_dir, tmp_path):
+    common = [
+        *TINY, f"--data_dir={data_dir}", "--max_steps=1", "--dropout=0", "--deterministic",
+    ]
+    _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'one'}")
+    _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'two'}", "--num_cpu_devices=2")
+    one, two = _weights(tmp_path / "one", 1), _weights(tmp_path / "two", 1)
+    # Same global batch, same per-example action noise: the update agrees to float rounding.
+    _assert_same_weights(one, two, atol=1e-5)
+    initial = _weights_after_zero_steps(tmp_path, common)
+    moved = max(np.abs(one[k] - initial[k]).max() for k in one if one[k].dtype.kind == "f")
+    assert moved > 1e-4  # the step did change the weights
+
+
+def _weights_after_zero_steps(tmp_path, common):
+    # The same command with lr 0 writes the initial weights.
+    _run(
+        "ciss_tf.train", *common, f"--model_dir={tmp_path / 'zero'}",
+        "--base_learning_rate=1e-30", "--context_learning_rate=1e-30", "--weight_decay=0",
+    )
+    return _weights(tmp_path / "zero", 1)
+
+
+def test_resume_equals_uninterrupted(data_dir, tmp_path):
+    common = [
+        *TINY, f"--data_dir={data_dir}", "--max_steps=4", "--checkpoint_every=2",
+        "--deterministic",
+    ]
+    _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'straight'}")
+    _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'resumed'}", "--stop_at_step=2")
+    assert tf.train.latest_checkpoint(str(tmp_path / "resumed")).endswith("ckpt-2")
+    result = _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'resumed'}")
+    assert "Resumed from" in result.stderr
+    _assert_same_weights(
+        _weights(tmp_path / "straight", 4), _weights(tmp_path / "resumed", 4), atol=1e-6
+    )
+    reader = tf.train.load_checkpoint(str(tmp_path / "resumed" / "ckpt-4"))
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 4
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+    model_dir = tmp_path / "nan"
+    result = _run(
+        "ciss_tf.train", *TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+        "--max_steps=8", "--checkpoint_every=1", "--base_learning_rate=1e30",
+        "--context_learning_rate=1e30", check=False,
+    )
+    assert result.returncode != 0
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error:") and ("nan" in last_line or "non-finite" in last_line)
+    for index in glob.glob(str(model_dir / "ckpt-*.index")):
+        weights = _weights(model_dir, int(index.split("ckpt-")[1].split(".")[0]))
+        for name, value in weights.items():
+            if value.dtype.kind == "f":
+                assert np.isfinite(value).all(), name
+    assert not os.path.exists(model_dir / "ckpt-8.index")
+
+
+def test_bad_flags_give_one_line(data_dir, tmp_path):
+    result = _run(
+        "ciss_tf.train", *TINY, f"--data_dir={tmp_path / 'missing'}",
+        f"--model_dir={tmp_path / 'm'}", "--max_steps=1", check=False,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "missing" in result.stderr.strip().splitlines()[-1]
+    result = _run(
+        "ciss_tf.train", *TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'm'}",
+        "--batch_size=3", "--num_cpu_devices=2", check=False,
+    )
+    assert result.returncode != 0 and "--batch_size=3" in result.stderr.splitlines()[-1]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_multi_worker_trains_one_step_and_writes_one_checkpoint(data_dir, tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    processes = []
+    for index in range(2):
+        env = dict(ENV, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        ))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "ciss_tf.train", *TINY, f"--data_dir={data_dir}",
+             f"--model_dir={tmp_path / 'mw'}", "--max_steps=1", "--strategy=multi_worker"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+    assert sorted(os.listdir(tmp_path / "mw"))[:1] == ["checkpoint"]
+    assert tf.train.latest_checkpoint(str(tmp_path / "mw")).endswith("ckpt-1")
