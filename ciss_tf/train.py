@@ -315,14 +315,14 @@ def train():
     )
     if manager.latest_checkpoint:
         trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step))
+        logging.info("Resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step.numpy()))
     elif FLAGS.init_checkpoint and FLAGS.stage == "ciss":
         path = checkpoints.restore_feature_net(trainer.model, FLAGS.init_checkpoint)
         logging.info("Feature net initialised from %s", path)
     elif FLAGS.stage == "ciss":
         logging.warning("No --init_checkpoint: the frozen feature net keeps random weights.")
 
-    start = int(trainer.step)
+    start = int(trainer.step.numpy())
     iterator = iter(trainer.dataset(start * trainer.global_batch))
     chief = _is_chief(strategy)
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train")) if chief else None
