@@ -20,6 +20,8 @@ setuptools.setup(
         # Headless build of opencv-python: same cv2 API, no GUI libraries needed on servers.
         "opencv-python-headless==5.0.0.93",
         "cityscapesscripts==2.3.0",
+        # tensorflow-datasets imports it on every Python but declares it only for < 3.9.
+        "importlib_resources==7.1.0",
     ],
     extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6"]},
     entry_points={

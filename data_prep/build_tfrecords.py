@@ -22,18 +22,18 @@ Datasets and expected layouts (`--input_dir`):
   synthetic       generated (ciss_tf.data.synthetic); no --input_dir
 """
 
+import contextlib
 import os
 import sys
 import tempfile
 
+import tensorflow as tf
 from absl import app, flags, logging
 
 from ciss_tf.data import datasets
 from data_prep import sources, writer
 
-_DATASET = flags.DEFINE_enum(
-    "dataset", None, list(datasets.DATASET_NAMES), "Dataset to convert."
-)
+_DATASET = flags.DEFINE_enum("dataset", None, list(datasets.DATASET_NAMES), "Dataset to convert.")
 _INPUT_DIR = flags.DEFINE_string(
     "input_dir", None, "Folder of the dataset in its released layout (see the module doc)."
 )
@@ -52,10 +52,15 @@ _TFDS_DATA_DIR = flags.DEFINE_string(
     "deleted at the end.",
 )
 _NUM_SHARDS = flags.DEFINE_integer(
-    "num_shards", 0, "Shards per split; 0 = about 256 records per shard (at most 64).", lower_bound=0
+    "num_shards",
+    0,
+    "Shards per split; 0 = about 256 records per shard (at most 64).",
+    lower_bound=0,
 )
 _MAX_IMAGES_PER_SPLIT = flags.DEFINE_integer(
-    "max_images_per_split", 0, "Convert at most this many images per split; 0 = all.",
+    "max_images_per_split",
+    0,
+    "Convert at most this many images per split; 0 = all.",
     lower_bound=0,
 )
 _SKIP_BAD = flags.DEFINE_bool(
@@ -82,7 +87,7 @@ _SYNTHETIC_WIDTH = flags.DEFINE_integer(
 )
 
 
-def _find_splits(dataset: str, work_dir: str) -> dict[str, sources.Split]:
+def _find_splits(dataset: str, stack: contextlib.ExitStack) -> dict[str, sources.Split]:
     zip_dir, input_dir = _CITYSCAPES_ZIP_DIR.value, _INPUT_DIR.value
     if zip_dir and dataset != "cityscapes":
         raise sources.DataPrepError("--cityscapes_zip_dir is only for --dataset=cityscapes")
@@ -97,9 +102,12 @@ def _find_splits(dataset: str, work_dir: str) -> dict[str, sources.Split]:
             width=_SYNTHETIC_WIDTH.value,
         )
     if zip_dir:
-        from data_prep import tfds_cityscapes
+        from data_prep import tfds_cityscapes  # tensorflow_datasets is slow to import
 
-        return tfds_cityscapes.cityscapes_zip_splits(zip_dir, _TFDS_DATA_DIR.value or work_dir)
+        work_dir = _TFDS_DATA_DIR.value or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix=".tfds-", dir=_OUTPUT_DIR.value)
+        )
+        return tfds_cityscapes.cityscapes_zip_splits(zip_dir, work_dir)
     if not input_dir:
         raise sources.DataPrepError(f"--input_dir is required for --dataset={dataset}")
     return sources.folder_splits(dataset, input_dir)
@@ -111,11 +119,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     dataset, output_dir = _DATASET.value, _OUTPUT_DIR.value
     try:
-        os.makedirs(output_dir, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".tfds-", dir=output_dir) as work_dir:
-            splits = _find_splits(dataset, work_dir)
+        tf.io.gfile.makedirs(output_dir)
+        with contextlib.ExitStack() as stack:
             written, skipped = writer.write_splits(
-                splits,
+                _find_splits(dataset, stack),
                 label_map=sources.LABEL_MAPS[dataset],
                 output_dir=output_dir,
                 num_shards=_NUM_SHARDS.value,
@@ -134,6 +141,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console entry point `ciss-build-tfrecords`."""
+    # Required only here, so that importing this module elsewhere adds no required flag.
     flags.mark_flags_as_required(["dataset", "output_dir"])
     app.run(main)
 

@@ -124,7 +124,10 @@ def _isdir(path: str) -> bool:
 
 
 def cityscapes_splits(input_dir: str) -> dict[str, Split]:
-    """`leftImg8bit/<split>/<city>/*_leftImg8bit.png` with `gtFine/<split>/<city>/*_gtFine_labelIds.png`."""
+    """Cityscapes folders: `leftImg8bit/<split>/<city>/*_leftImg8bit.png`.
+
+    Labels: `gtFine/<split>/<city>/*_gtFine_labelIds.png`; a split without `gtFine` is skipped.
+    """
     image_root = os.path.join(input_dir, "leftImg8bit")
     label_root = os.path.join(input_dir, "gtFine")
     if not (_isdir(image_root) and _isdir(label_root)):
@@ -173,6 +176,11 @@ def ade20k_splits(input_dir: str) -> dict[str, Split]:
 def pascal_context_splits(input_dir: str) -> dict[str, Split]:
     """`JPEGImages/*.jpg`, `SegmentationClassContext/*.png`, `ImageSets/SegmentationContext/*.txt`.
 
+    This is the layout written by mmsegmentation's `tools/dataset_converters/pascal_context.py`
+    from the PASCAL VOC 2010 trainval images and the PASCAL in Detail annotations
+    (`trainval_merged.json`, via the Detail API): 8-bit grayscale PNGs holding 0..59, with
+    0 = background (a class of its own) and 1..59 the 59 frequent classes. Values are kept;
+    255, which the converter never writes, is read as ignore; any other value is an error.
     `input_dir` may be `VOC2010` itself, `VOCdevkit` or the folder holding `VOCdevkit`.
     Every list file `ImageSets/SegmentationContext/<split>.txt` is one split.
     """

@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from ciss_tf.data import tfrecord
-from data_prep.sources import IGNORE, DataPrepError, RawExample, Split
+from data_prep.sources import DataPrepError, RawExample, Split
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"

@@ -131,8 +131,8 @@ def train_dataset(
             f"{num_pipelines} input pipelines"
         )
     first_epoch, offset = divmod(start_index, epoch_size)
-    order_seed = _fold([seed, _ORDER_KEY])
-    augment_seed = _fold([seed, _AUGMENT_KEY])
+    order_seed = _fold([seed, 0], _ORDER_KEY)
+    augment_seed = _fold([seed, 0], _AUGMENT_KEY)
 
     def epoch_records(epoch):
         epoch_seed = _fold(order_seed, epoch)
@@ -203,9 +203,7 @@ def augment(
     scale_seed, y_seed, x_seed, flip_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 4, alg=_RNG_ALG)
     )
-    scale = tf.random.stateless_uniform(
-        [], scale_seed, min_scale, max_scale, alg=_RNG_ALG
-    )
+    scale = tf.random.stateless_uniform([], scale_seed, min_scale, max_scale, alg=_RNG_ALG)
     size = tf.cast(tf.shape(label), tf.float32)
     new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
     image = tf.image.resize(image, new_size, method="bilinear")
@@ -226,9 +224,7 @@ def augment(
     label = label[top : top + crop_h, left : left + crop_w]
 
     mirror = tf.random.stateless_uniform([], flip_seed, alg=_RNG_ALG) < 0.5
-    image, label = tf.cond(
-        mirror, lambda: (image[:, ::-1], label[:, ::-1]), lambda: (image, label)
-    )
+    image, label = tf.cond(mirror, lambda: (image[:, ::-1], label[:, ::-1]), lambda: (image, label))
     image.set_shape([crop_h, crop_w, 3])
     label.set_shape([crop_h, crop_w])
     return image, label

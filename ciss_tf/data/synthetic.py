@@ -117,9 +117,15 @@ def generate_example(
     shadow = max(2, round(_SHADOW_WIDTH * size))
     for k in range(num_objects):
         region = host_regions[k] if k < len(host_regions) else rng.choice(host_regions)
-        shape = _random_shape(rng, size, _OBJECT_SEMI_AXES, ellipse_only=False)
-        placed = _place(rng, shape, regions == region, occupied, margin=shadow + 1)
-        if placed is None:
+        kind, a, b, angle = _random_shape(rng, size, _OBJECT_SEMI_AXES, ellipse_only=False)
+        # Shrink (alike for every host) until the object fits: an object in each of two
+        # hosts is what keeps global pooling from deciding the look-alikes.
+        for shrink in (1.0, 0.8, 0.6):
+            shape = (kind, a * shrink, b * shrink, angle)
+            placed = _place(rng, shape, regions == region, occupied, margin=shadow + 1)
+            if placed is not None:
+                break
+        else:
             continue
         ring = _dilate(placed, shadow) & ~placed
         image[ring] = shadow_texture[ring]
@@ -193,7 +199,8 @@ def _texture(rng: np.random.Generator, cls: int, height: int, width: int) -> np.
         return np.float32([205, 70, 40]) + 35.0 * checker[..., None] + 10.0 * noise
     if cls == BALLOON:
         stripes = np.sin(2 * np.pi * ys / 4.0 + rng.uniform(0, 2 * np.pi))
-        return np.float32([240, 215, 40]) + 30.0 * stripes[..., None] * (0.2, 0.6, 1.0) + 8.0 * noise
+        colour = np.float32([240, 215, 40])
+        return colour + 30.0 * stripes[..., None] * (0.2, 0.6, 1.0) + 8.0 * noise
     raise ValueError(f"no texture for class {cls}")
 
 

@@ -147,8 +147,7 @@ def _check_complete_sets(paths: list[str]) -> None:
         missing = sorted(set(range(count)) - present)
         if missing:
             raise FileNotFoundError(
-                "Missing shard "
-                + os.path.join(directory, shard_name(split, missing[0], count))
+                "Missing shard " + os.path.join(directory, shard_name(split, missing[0], count))
             )
 
 

@@ -1,0 +1,241 @@
+"""Input pipeline: normalisation, aligned augmentation, exact resume, evaluation, errors."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ciss_tf.data import input_pipeline as ip
+from ciss_tf.data import tfrecord
+
+MEAN = np.array(ip.MEAN_RGB, np.float32)
+
+
+def png(array: np.ndarray) -> bytes:
+    if array.ndim == 3:
+        array = array[..., ::-1]
+    return cv2.imencode(".png", array)[1].tobytes()
+
+
+def write_shards(directory: Path, split: str, examples, num_shards: int = 1) -> str:
+    """Writes (filename, image, label) triples round-robin into shards; returns the pattern."""
+    directory.mkdir(parents=True, exist_ok=True)
+    writers = [
+        tf.io.TFRecordWriter(str(directory / tfrecord.shard_name(split, i, num_shards)))
+        for i in range(num_shards)
+    ]
+    for k, (filename, image, label) in enumerate(examples):
+        example = tfrecord.make_example(
+            image_encoded=png(image),
+            image_format="png",
+            label_png=png(label),
+            filename=filename,
+            height=image.shape[0],
+            width=image.shape[1],
+        )
+        writers[k % num_shards].write(example.SerializeToString())
+    for writer in writers:
+        writer.close()
+    return ip.split_file_pattern(str(directory), split)
+
+
+def rgb_of(normalised: np.ndarray) -> np.ndarray:
+    return normalised[..., ::-1] + MEAN
+
+
+def test_normalize_is_caffe_style_and_inverts():
+    x = ip.normalize_image(tf.constant([[[1, 2, 3]]], tf.uint8)).numpy()
+    np.testing.assert_allclose(x, [[[3 - 103.939, 2 - 116.779, 1 - 123.68]]], rtol=0, atol=1e-4)
+    batch = np.random.default_rng(0).integers(0, 256, (2, 5, 4, 3), dtype=np.uint8)
+    normalised = ip.normalize_image(batch)
+    assert normalised.dtype == tf.float32 and normalised.shape == (2, 5, 4, 3)
+    np.testing.assert_array_equal(ip.denormalize_image(normalised).numpy(), batch)
+
+
+# --- Training augmentation ----------------------------------------------------------------
+
+H, W = 40, 56
+
+
+def coordinate_label(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return ((y // 5 * 7 + x // 7) % 50).astype(np.uint8)
+
+
+def test_augmentation_keeps_image_and_label_aligned(tmp_path):
+    # The image stores each pixel's own coordinates (R = y, G = x), which bilinear resizing
+    # interpolates exactly, so every output pixel tells which source position it shows;
+    # nearest resizing of the label must pick the source pixel nearest to that position.
+    y, x = np.mgrid[0:H, 0:W]
+    image = np.stack([y, x, np.full_like(y, 200)], -1).astype(np.uint8)
+    pattern = write_shards(tmp_path, "train", [("coords.png", image, coordinate_label(y, x))])
+    dataset = ip.train_dataset(
+        pattern, crop_size=(48, 48), batch_size=4, seed=3, num_classes=50, shuffle_buffer=1
+    )
+    padded = flipped = upscaled = 0
+    for batch in dataset.take(8):
+        for image_out, label_out in zip(
+            batch["image"].numpy(), batch["label"].numpy(), strict=True
+        ):
+            pad = label_out == 255
+            assert (image_out[pad] == 0).all()  # the mean pixel, normalised
+            assert (np.abs(image_out[~pad]).max(-1) > 1).all()  # padding only at ignore
+            cy, cx = rgb_of(image_out)[..., 0], rgb_of(image_out)[..., 1]
+            near = np.floor(cy + 0.5).astype(int), np.floor(cx + 0.5).astype(int)
+            tie = (np.abs(cy % 1 - 0.5) < 1e-3) | (np.abs(cx % 1 - 0.5) < 1e-3)
+            check = ~pad & ~tie
+            assert check.sum() > 0.5 * (~pad).sum()
+            np.testing.assert_array_equal(label_out[check], coordinate_label(*near)[check])
+            row = cx[0][~pad[0]]  # the top row always shows some of the image
+            padded += pad.any()
+            flipped += row[0] > row[-1]
+            upscaled += np.abs(np.diff(row)).min() < 0.9
+    # The 32 samples cover padding, mirroring and enlargement.
+    assert padded and flipped and upscaled and flipped < 32
+
+
+def constant_examples(n: int, size=(6, 8)):
+    """Record k is uniformly coloured (k, 2k, 100) with label k % 5."""
+    return [
+        (
+            f"img_{k}.png",
+            np.full((*size, 3), (k, 2 * k, 100), np.uint8),
+            np.full(size, k % 5, np.uint8),
+        )
+        for k in range(n)
+    ]
+
+
+def record_ids(batch) -> list[int]:
+    """The record each augmented sample came from, read back from its colour."""
+    return [int(round(rgb_of(img)[0, 0, 0])) for img in batch["image"].numpy()]
+
+
+def flatten(dataset, count: int) -> dict[str, np.ndarray]:
+    parts = {"image": [], "label": [], "sample_id": []}
+    for batch in dataset.take(count):
+        for key in parts:
+            parts[key].append(batch[key].numpy())
+    return {key: np.concatenate(value) for key, value in parts.items()}
+
+
+@pytest.fixture(scope="module")
+def constant_pattern(tmp_path_factory):
+    return write_shards(tmp_path_factory.mktemp("const"), "train", constant_examples(21), 3)
+
+
+def train(pattern, **kwargs):
+    options = dict(crop_size=(4, 4), batch_size=2, seed=11, num_classes=5, shuffle_buffer=4)
+    return ip.train_dataset(pattern, **{**options, **kwargs})
+
+
+def test_epochs_are_permutations_with_fresh_orders(constant_pattern):
+    stream = flatten(train(constant_pattern, crop_size=(6, 8), max_scale=1.0, min_scale=1.0), 21)
+    np.testing.assert_array_equal(stream["sample_id"], np.arange(42))
+    ids = [int(round(rgb_of(img)[0, 0, 0])) for img in stream["image"]]
+    assert sorted(ids[:21]) == list(range(21)) and sorted(ids[21:]) == list(range(21))
+    assert ids[:21] != ids[21:] and ids[:21] != list(range(21))
+    np.testing.assert_array_equal(stream["label"][:, 0, 0], np.array(ids) % 5)
+
+
+def test_start_index_resumes_the_exact_stream(constant_pattern):
+    # 21 records per epoch: start inside the first epoch, on the boundary, in the second.
+    reference = flatten(train(constant_pattern), 17)
+    for start in (5, 21, 26):
+        resumed = flatten(train(constant_pattern, start_index=start), 4)
+        np.testing.assert_array_equal(resumed["sample_id"], np.arange(start, start + 8))
+        np.testing.assert_array_equal(resumed["image"], reference["image"][start : start + 8])
+        np.testing.assert_array_equal(resumed["label"], reference["label"][start : start + 8])
+    other_seed = flatten(train(constant_pattern, seed=12), 4)
+    assert not np.array_equal(other_seed["image"], reference["image"][:8])
+
+
+def test_input_context_splits_the_global_stream(constant_pattern):
+    reference = flatten(train(constant_pattern, batch_size=1), 12)
+    context = tf.distribute.InputContext(
+        num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2
+    )
+    part = flatten(train(constant_pattern, batch_size=4, input_context=context, start_index=4), 2)
+    assert part["image"].shape[0] == 4  # two batches of 4 // 2
+    np.testing.assert_array_equal(part["sample_id"], [5, 7, 9, 11])
+    np.testing.assert_array_equal(part["image"], reference["image"][[5, 7, 9, 11]])
+    with pytest.raises(ValueError, match="multiple of the 2 input pipelines"):
+        train(constant_pattern, input_context=context, start_index=3)
+
+
+# --- Evaluation ---------------------------------------------------------------------------
+
+
+def test_eval_dataset_keeps_sizes_order_and_names(tmp_path):
+    rng = np.random.default_rng(1)
+    examples = [
+        (f"eval_{k}.png", rng.integers(0, 256, (5 + k, 7, 3), dtype=np.uint8), None)
+        for k in range(3)
+    ]
+    examples = [
+        (n, img, rng.integers(0, 4, img.shape[:2], dtype=np.uint8)) for n, img, _ in examples
+    ]
+    pattern = write_shards(tmp_path, "val", examples)
+    got = list(ip.eval_dataset(pattern, num_classes=4))
+    assert [g["filename"].numpy().tolist() for g in got] == [
+        [b"eval_0.png"],
+        [b"eval_1.png"],
+        [b"eval_2.png"],
+    ]
+    for g, (_, image, label) in zip(got, examples, strict=True):
+        assert g["image"].shape == (1, *image.shape) and g["label"].dtype == tf.int32
+        np.testing.assert_array_equal(ip.denormalize_image(g["image"][0]).numpy(), image)
+        np.testing.assert_array_equal(g["label"][0].numpy(), label)
+    padded = next(iter(ip.eval_dataset(pattern, num_classes=4, pad_to_multiple=4)))
+    assert padded["image"].shape == (1, 8, 8, 3)
+    np.testing.assert_array_equal(padded["label"][0, :5, :7].numpy(), examples[0][2])
+    assert (padded["label"][0, 5:].numpy() == 255).all() and (
+        padded["label"][0, :, 7:] == 255
+    ).numpy().all()
+    assert (padded["image"][0, 5:].numpy() == 0).all()
+
+
+# --- Errors -------------------------------------------------------------------------------
+
+
+def test_truncated_shard_is_named(tmp_path):
+    pattern = write_shards(tmp_path, "train", constant_examples(4), 2)
+    shard = tmp_path / "train-00001-of-00002.tfrecord"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(ValueError, match=f"{shard}: truncated"):
+        ip.train_dataset(pattern, crop_size=(4, 4), batch_size=1, seed=0, num_classes=5)
+    with pytest.raises(ValueError, match=f"{shard}: truncated"):
+        ip.eval_dataset(pattern, num_classes=5)
+
+
+def test_missing_shard_and_missing_split_are_named(tmp_path):
+    pattern = write_shards(tmp_path, "train", constant_examples(4), 3)
+    (tmp_path / "train-00001-of-00003.tfrecord").unlink()
+    with pytest.raises(FileNotFoundError, match="Missing shard .*train-00001-of-00003.tfrecord"):
+        ip.eval_dataset(pattern, num_classes=5)
+    with pytest.raises(FileNotFoundError, match=f"No 'val' shards in {tmp_path}"):
+        ip.split_file_pattern(str(tmp_path), "val")
+
+
+def test_out_of_range_label_stops_with_the_record_name(tmp_path):
+    examples = constant_examples(3)
+    examples[1] = ("bad_label.png", examples[1][1], np.full((6, 8), 7, np.uint8))
+    pattern = write_shards(tmp_path, "train", examples)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad_label.png"):
+        list(ip.eval_dataset(pattern, num_classes=5))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad_label.png"):
+        list(train(pattern).take(3))
+    # The ignore label is valid.
+    examples[1] = ("ignore.png", examples[1][1], np.full((6, 8), 255, np.uint8))
+    assert (
+        len(list(ip.eval_dataset(write_shards(tmp_path / "ok", "val", examples), num_classes=5)))
+        == 3
+    )
+
+
+def test_label_of_another_size_stops_with_the_record_name(tmp_path):
+    examples = [("mismatch.png", np.zeros((6, 8, 3), np.uint8), np.zeros((6, 7), np.uint8))]
+    pattern = write_shards(tmp_path, "val", examples)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="mismatch.png"):
+        list(ip.eval_dataset(pattern, num_classes=5))
