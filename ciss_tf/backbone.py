@@ -1,15 +1,19 @@
-"""Dilated ResNet (v1, caffe style, deep stem) at output stride 8: PSPNet's backbone.
+"""Dilated ResNet (v1, caffe style) at output stride 8: PSPNet's backbone.
 
 Layout, as in the official PSPNet and the CiSS-Net feature net (SPEC.md section 1):
 
-* stem: three 3x3 convs (widths 64, 64, 128; the first with stride 2), then 3x3 max pool
-  with stride 2;
+* stem (`stem="deep"`, the default): three 3x3 convs (widths 64, 64, 128; the first with
+  stride 2), then 3x3 max pool with stride 2 and padding 1;
+* or (`stem="resnet"`) the ImageNet ResNet v1 stem of torchvision and Keras: one 7x7 conv
+  of `width` channels, stride 2, padding 3, then the same max pool. This variant starts
+  from Keras ImageNet weights (`ciss_tf.imagenet`) and therefore also takes Keras's batch
+  norm epsilon, 1.001e-5, everywhere;
 * res2..res5 of bottleneck blocks (1x1 reduce, 3x3, 1x1 increase, expansion 4);
 * res3 downsamples with stride 2 on its first 1x1 conv and projection (caffe ResNet v1),
   res4 and res5 keep the resolution and dilate their 3x3 convs by 2 and 4.
 
-Every conv is followed by batch norm (epsilon 1e-5); convs carry no bias. Padding is
-explicit and symmetric so that weights converted from caffe give the same outputs.
+Every conv is followed by batch norm (epsilon 1e-5 with the deep stem); convs carry no bias.
+Padding is explicit and symmetric so that weights converted from caffe give the same outputs.
 Depths and widths are parameters: ResNet-50 is `depths=(3, 4, 6, 3)`, ResNet-101
 `(3, 4, 23, 3)`, both with `width=64` and `stem_widths=(64, 64, 128)`.
 """
@@ -20,6 +24,8 @@ import tensorflow as tf
 from ciss_tf.ppm import make_norm
 
 EXPANSION = 4
+STEMS = ("deep", "resnet")
+KERAS_BN_EPSILON = 1.001e-5  # keras.applications ResNet v1
 _STAGE_STRIDES = (1, 2, 1, 1)
 _STAGE_DILATIONS = (1, 1, 2, 4)
 
@@ -27,7 +33,8 @@ _STAGE_DILATIONS = (1, 1, 2, 4)
 class _ConvBN(keras.layers.Layer):
     """Conv (no bias, symmetric explicit padding) + batch norm + optional ReLU."""
 
-    def __init__(self, filters, kernel_size, stride=1, dilation=1, relu=True, **kwargs):
+    def __init__(self, filters, kernel_size, stride=1, dilation=1, relu=True, epsilon=1e-5,
+                 **kwargs):
         super().__init__(**kwargs)
         self.relu = relu
         self.pad = dilation * (kernel_size - 1) // 2
@@ -36,6 +43,8 @@ class _ConvBN(keras.layers.Layer):
             use_bias=False, name="conv",
         )
         self.bn = make_norm("batch", filters, name="bn")
+        # make_norm has PSPNet's 1e-5; layers that take Keras ImageNet weights need Keras's.
+        self.bn.epsilon = epsilon
 
 
     def call(self, x, training=False):
@@ -48,13 +57,17 @@ class _ConvBN(keras.layers.Layer):
 class _Bottleneck(keras.layers.Layer):
     """ResNet v1 bottleneck; the stride sits on the first 1x1 conv (caffe convention)."""
 
-    def __init__(self, width, stride, dilation, project, **kwargs):
+    def __init__(self, width, stride, dilation, project, epsilon, **kwargs):
         super().__init__(**kwargs)
-        self.reduce = _ConvBN(width, 1, stride=stride, name="1x1_reduce")
-        self.conv3x3 = _ConvBN(width, 3, dilation=dilation, name="3x3")
-        self.increase = _ConvBN(width * EXPANSION, 1, relu=False, name="1x1_increase")
+        self.reduce = _ConvBN(width, 1, stride=stride, epsilon=epsilon, name="1x1_reduce")
+        self.conv3x3 = _ConvBN(width, 3, dilation=dilation, epsilon=epsilon, name="3x3")
+        self.increase = _ConvBN(
+            width * EXPANSION, 1, relu=False, epsilon=epsilon, name="1x1_increase"
+        )
         self.proj = (
-            _ConvBN(width * EXPANSION, 1, stride=stride, relu=False, name="1x1_proj")
+            _ConvBN(
+                width * EXPANSION, 1, stride=stride, relu=False, epsilon=epsilon, name="1x1_proj"
+            )
             if project else None
         )
 
@@ -77,7 +90,9 @@ class DilatedResNet(keras.layers.Layer):
     Args:
       depths: blocks in res2..res5.
       width: bottleneck width of res2 (doubled at each stage).
-      stem_widths: channels of the three stem convs.
+      stem_widths: channels of the three convs of the deep stem (unused by the 7x7 stem,
+        which has `width` channels as in ResNet).
+      stem: "deep" (three 3x3 convs, PSPNet) or "resnet" (one 7x7 conv, ImageNet ResNet v1).
       freeze_bn: run every batch norm in inference mode and keep its statistics fixed, as
         the CiSS-Net feature net does (and PSPNet fine-tuning with small batches may).
 
@@ -88,16 +103,25 @@ class DilatedResNet(keras.layers.Layer):
     """
 
     def __init__(self, depths=(3, 4, 6, 3), width=64, stem_widths=(64, 64, 128),
-                 freeze_bn=False, **kwargs):
+                 freeze_bn=False, stem="deep", **kwargs):
         super().__init__(**kwargs)
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         self.depths = tuple(depths)
         self.width = width
         self.stem_widths = tuple(stem_widths)
         self.freeze_bn = freeze_bn
-        self.stem = [
-            _ConvBN(w, 3, stride=2 if i == 0 else 1, name=f"conv1_{i + 1}_3x3")
-            for i, w in enumerate(self.stem_widths)
-        ]
+        # `self.stem` holds the stem layers (its name is part of the checkpoint object path).
+        self.stem_type = stem
+        if stem == "deep":
+            epsilon = 1e-5
+            self.stem = [
+                _ConvBN(w, 3, stride=2 if i == 0 else 1, name=f"conv1_{i + 1}_3x3")
+                for i, w in enumerate(self.stem_widths)
+            ]
+        else:
+            epsilon = KERAS_BN_EPSILON
+            self.stem = [_ConvBN(width, 7, stride=2, epsilon=epsilon, name="conv1_7x7")]
         self.stages = []
         for stage, depth in enumerate(self.depths):
             stage_width = width * 2**stage
@@ -107,6 +131,7 @@ class DilatedResNet(keras.layers.Layer):
                     stride=_STAGE_STRIDES[stage] if block == 0 else 1,
                     dilation=_STAGE_DILATIONS[stage],
                     project=block == 0,
+                    epsilon=epsilon,
                     name=f"conv{stage + 2}_{block + 1}",
                 )
                 for block in range(depth)
@@ -137,6 +162,6 @@ class DilatedResNet(keras.layers.Layer):
         config = super().get_config()
         config.update(
             depths=self.depths, width=self.width, stem_widths=self.stem_widths,
-            freeze_bn=self.freeze_bn,
+            freeze_bn=self.freeze_bn, stem=self.stem_type,
         )
         return config

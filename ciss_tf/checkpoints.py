@@ -1,15 +1,59 @@
 """Checkpoint conventions shared by training, evaluation, prediction and export.
 
-Training writes `tf.train.Checkpoint(model=..., optimizer=..., step=...)` with a
-`tf.train.CheckpointManager` into `--model_dir` (files `ckpt-<step>.*`). Every other tool
-restores only the model, by object path, so optimizer slots are not needed to evaluate.
-A stage-2 CiSS-Net initialises its feature net from a stage-1 PSPNet checkpoint through
-the shared attribute name `model.feature_net`.
+Keras 3 layers that keep sub-layers in Python lists (the backbone's blocks, the trunk's
+convs, the pyramid branches) are invisible to `tf.train.Checkpoint`'s object graph, so a
+plain `tf.train.Checkpoint(model=model)` silently drops most of the network. We therefore
+checkpoint a model as a flat dict of its variables keyed by their Keras path relative to
+the model (e.g. `feature_net/backbone/conv2_1/3x3/conv/kernel`), plus each Dropout layer's
+random-number state (so that a resumed run draws the same masks as an uninterrupted one).
+
+Training writes `tf.train.Checkpoint(model=model_variables(model), optimizer=..., step=...)`
+with a `tf.train.CheckpointManager` into `--model_dir` (files `ckpt-<step>.*`). Other tools
+restore only the model. A stage-2 CiSS-Net initialises its feature net from a stage-1
+PSPNet checkpoint through the shared `feature_net/` prefix.
 """
 
 import os
 
 import tensorflow as tf
+
+FEATURE_NET_PREFIX = "feature_net/"
+
+
+def model_variables(model, prefix=""):
+    """`{relative path: variable}` for every variable of a built model.
+
+    The path is the chain of layer names from the model down, then the variable's name
+    (`bias_net/trunk/c2_conv/kernel`); Dropout random states end in `seed_state`. It follows
+    the object structure, not Keras name scopes, so it does not depend on how a layer was
+    first built.
+
+    Args:
+      model: a built Keras model.
+      prefix: keep only the paths that start with it (e.g. `FEATURE_NET_PREFIX`).
+
+    Raises:
+      ValueError: if two variables share a path (sibling layers need distinct names).
+    """
+    variables = {}
+
+    def add(path, variable):
+        if path in variables:
+            raise ValueError(f"two variables share the checkpoint key {path!r}")
+        variables[path] = variable
+
+    def visit(layer, path):
+        # Keras 3 keeps a layer's own variables and sub-layers in these lists.
+        for variable in layer._trainable_variables + layer._non_trainable_variables:  # noqa: SLF001
+            add(path + variable.name, variable)
+        for generator in layer._seed_generators:  # noqa: SLF001
+            add(path + "seed_state", generator.state)
+        for child in layer._layers:  # noqa: SLF001
+            visit(child, f"{path}{child.name}/")
+
+    for child in model._layers:  # noqa: SLF001
+        visit(child, f"{child.name}/")
+    return {k: v for k, v in variables.items() if k.startswith(prefix)}
 
 
 def resolve(path_or_dir):
@@ -28,24 +72,45 @@ def resolve(path_or_dir):
     return path_or_dir
 
 
-def restore_model(model, path_or_dir):
-    """Restores `model`'s weights (built beforehand) from a training checkpoint.
+def save_model(model, prefix):
+    """Writes the model's variables alone (tests, conversions); returns the file prefix."""
+    return tf.train.Checkpoint(model=model_variables(model)).write(prefix)
+
+
+def restore_model(model, path_or_dir, prefix=""):
+    """Restores a built model's weights (or those under `prefix`) from a checkpoint.
 
     Returns:
       The checkpoint prefix that was read.
+
+    Raises:
+      ValueError: if the checkpoint is missing or lacks one of the model's variables.
     """
     path = resolve(path_or_dir)
-    status = tf.train.Checkpoint(model=model).restore(path)
-    status.expect_partial().assert_existing_objects_matched()
+    wanted = model_variables(model, prefix)
+    stored = {
+        name.split("/.ATTRIBUTES")[0]
+        for name in tf.train.load_checkpoint(path).get_variable_to_shape_map()
+        if name.startswith("model/")
+    }
+    missing = [key for key in wanted if "model/" + _escape(key) not in stored]
+    if missing:
+        raise ValueError(
+            f"checkpoint {path} lacks {len(missing)} variables of {model.name}, e.g. "
+            f"{missing[0]!r} (different preset, dataset or context mode?)"
+        )
+    tf.train.Checkpoint(model=wanted).restore(path).expect_partial()
     return path
 
 
 def restore_feature_net(model, path_or_dir):
     """Loads `model.feature_net` from a stage-1 (PSPNet) or stage-2 checkpoint."""
-    path = resolve(path_or_dir)
-    reader = tf.train.Checkpoint(model=tf.train.Checkpoint(feature_net=model.feature_net))
-    reader.restore(path).expect_partial().assert_existing_objects_matched()
-    return path
+    return restore_model(model, path_or_dir, FEATURE_NET_PREFIX)
+
+
+def _escape(key):
+    # How tf.train.Checkpoint spells a dict key with slashes in a checkpoint name.
+    return key.replace(".", "..").replace("/", ".S")
 
 
 def step_of(path):

@@ -11,6 +11,7 @@ import dataclasses
 
 from absl import flags
 
+from ciss_tf.backbone import STEMS
 from ciss_tf.model import CONTEXT_MODES, CissNet
 from ciss_tf.pspnet import PSPNet
 
@@ -27,11 +28,11 @@ class Preset:
     bias_branch_channels: int
     context_branch_channels: int
 
-    def feature_net(self):
-        """`FeatureNet` keyword arguments."""
+    def feature_net(self, stem="deep"):
+        """`FeatureNet` keyword arguments, with the given backbone stem."""
         return dict(
             depths=self.depths, width=self.width, stem_widths=self.stem_widths,
-            ppm_channels=self.ppm_channels,
+            ppm_channels=self.ppm_channels, stem=stem,
         )
 
 
@@ -47,6 +48,11 @@ flags.DEFINE_enum(
     "learned: CiSS-Net; pmap: every action 1 (Baseline + p-map); none: all-uncertain context "
     "(capacity-matched control).",
 )
+flags.DEFINE_enum(
+    "stem", "deep", list(STEMS),
+    "Backbone stem: deep (three 3x3 convs, PSPNet, SPEC.md) or resnet (one 7x7 conv, needed "
+    "to start from Keras ImageNet ResNet weights). Both stages must use the same stem.",
+)
 flags.DEFINE_float("dropout", 0.1, "Dropout rate of the heads.")
 flags.DEFINE_string(
     "dataset", "synthetic",
@@ -56,20 +62,20 @@ flags.DEFINE_string(
 flags.DEFINE_string("data_dir", None, "Folder of TFRecord shards written by data_prep.")
 
 
-def build_pspnet(num_classes, preset, dropout=0.1):
+def build_pspnet(num_classes, preset, dropout=0.1, stem="deep"):
     """The stage-1 PSPNet of a preset."""
     preset = PRESETS[preset]
     return PSPNet(
-        num_classes, feature_net=preset.feature_net(), head_channels=preset.channels,
+        num_classes, feature_net=preset.feature_net(stem), head_channels=preset.channels,
         dropout=dropout, name="pspnet",
     )
 
 
-def build_ciss_net(num_classes, preset, context_mode="learned", dropout=0.1):
+def build_ciss_net(num_classes, preset, context_mode="learned", dropout=0.1, stem="deep"):
     """The stage-2 CiSS-Net of a preset."""
     preset = PRESETS[preset]
     return CissNet(
-        num_classes, feature_net=preset.feature_net(), channels=preset.channels,
+        num_classes, feature_net=preset.feature_net(stem), channels=preset.channels,
         bias_branch_channels=preset.bias_branch_channels,
         context_branch_channels=preset.context_branch_channels, dropout=dropout,
         context_mode=context_mode, name="ciss_net",
@@ -80,7 +86,10 @@ def model_from_flags(num_classes, stage="ciss"):
     """The model the command-line flags describe (`stage` is "pspnet" or "ciss")."""
     flag_values = flags.FLAGS
     if stage == "pspnet":
-        return build_pspnet(num_classes, flag_values.preset, flag_values.dropout)
+        return build_pspnet(
+            num_classes, flag_values.preset, flag_values.dropout, flag_values.stem
+        )
     return build_ciss_net(
-        num_classes, flag_values.preset, flag_values.context_mode, flag_values.dropout
+        num_classes, flag_values.preset, flag_values.context_mode, flag_values.dropout,
+        flag_values.stem,
     )

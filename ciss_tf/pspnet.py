@@ -24,10 +24,11 @@ class FeatureNet(keras.layers.Layer):
       ppm_channels: channels of each pyramid branch (512 in PSPNet).
       bins: pyramid grid sizes.
       freeze_bn: batch norm in inference mode (always so in CiSS-Net training).
+      stem: "deep" or "resnet" (the 7x7 stem that ImageNet weights need; see `DilatedResNet`).
     """
 
     def __init__(self, depths=(3, 4, 6, 3), width=64, stem_widths=(64, 64, 128),
-                 ppm_channels=512, bins=(1, 2, 3, 6), freeze_bn=False, **kwargs):
+                 ppm_channels=512, bins=(1, 2, 3, 6), freeze_bn=False, stem="deep", **kwargs):
         super().__init__(**kwargs)
         self.depths = tuple(depths)
         self.width = width
@@ -35,8 +36,9 @@ class FeatureNet(keras.layers.Layer):
         self.ppm_channels = ppm_channels
         self.bins = tuple(bins)
         self.freeze_bn = freeze_bn
+        self.stem = stem
         self.backbone = DilatedResNet(
-            depths, width, stem_widths, freeze_bn=freeze_bn, name="backbone"
+            depths, width, stem_widths, freeze_bn=freeze_bn, stem=stem, name="backbone"
         )
         self.ppm = PyramidPooling(ppm_channels, bins, norm="batch", name="ppm")
 
@@ -56,6 +58,7 @@ class FeatureNet(keras.layers.Layer):
         config.update(
             depths=self.depths, width=self.width, stem_widths=self.stem_widths,
             ppm_channels=self.ppm_channels, bins=self.bins, freeze_bn=self.freeze_bn,
+            stem=self.stem,
         )
         return config
 
@@ -77,7 +80,7 @@ class SegmentationHead(keras.layers.Layer):
         self.dropout = dropout
         self.conv = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv")
         self.norm = make_norm("batch", channels, name="bn")
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = keras.layers.Dropout(dropout, name="dropout")
         self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier")
 
     def call(self, x, training=False):

@@ -32,7 +32,7 @@ class BaseNet(keras.layers.Layer):
         self.dropout = dropout
         self.conv = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv")
         self.norm = make_norm("group", channels, name="gn")
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = keras.layers.Dropout(dropout, name="dropout")
         self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier")
 
     def call(self, features, training=False):

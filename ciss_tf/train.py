@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ciss_tf import checkpoints, config, losses
+from ciss_tf import checkpoints, config, imagenet, losses
 from ciss_tf.data import datasets, input_pipeline
 
 flags.DEFINE_enum("stage", "ciss", ["pspnet", "ciss"], "pspnet: stage 1; ciss: stage 2.")
@@ -38,6 +38,11 @@ flags.DEFINE_string(
     "init_checkpoint", None,
     "Stage 2: stage-1 checkpoint (file prefix or folder) whose feature net is loaded and "
     "frozen. Without it the feature net keeps random weights (tests only).",
+)
+flags.DEFINE_string(
+    "imagenet_weights", None,
+    "Stage 1: a local Keras ResNet50/ResNet101 ImageNet weights file (.h5, include_top=False) "
+    "loaded into the backbone before training; needs --stem=resnet (see ciss_tf/imagenet.py).",
 )
 flags.DEFINE_integer("batch_size", 16, "Global batch size (all replicas together).")
 flags.DEFINE_list("crop_size", ["473", "473"], "Training crop: height,width.")
@@ -173,7 +178,8 @@ class Trainer:
             else self.replica_step
         )
         self.checkpoint = tf.train.Checkpoint(
-            model=self.model, optimizer=self.optimizer, step=self.step
+            model=checkpoints.model_variables(self.model), optimizer=self.optimizer,
+            step=self.step,
         )
 
     def _call_kwargs(self, training):
@@ -315,7 +321,19 @@ def train():
     )
     if manager.latest_checkpoint:
         trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        logging.info("Resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step.numpy()))
+        logging.info(
+            "Resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step.numpy())
+        )
+    elif FLAGS.imagenet_weights and FLAGS.stage == "pspnet":
+        depth = {"resnet50": 50, "resnet101": 101}.get(FLAGS.preset)
+        if depth is None:
+            raise ValueError(
+                f"--imagenet_weights needs --preset=resnet50|resnet101, not {FLAGS.preset}"
+            )
+        imagenet.load_keras_resnet_weights(
+            trainer.model.feature_net.backbone, FLAGS.imagenet_weights, depth=depth
+        )
+        logging.info("Backbone initialised from ImageNet weights %s", FLAGS.imagenet_weights)
     elif FLAGS.init_checkpoint and FLAGS.stage == "ciss":
         path = checkpoints.restore_feature_net(trainer.model, FLAGS.init_checkpoint)
         logging.info("Feature net initialised from %s", path)

@@ -45,7 +45,7 @@ class ContextTrunk(keras.layers.Layer):
             keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name=f"c{i}_conv")
             for i in range(2, 5)
         ]
-        self.drop = keras.layers.Dropout(dropout)
+        self.drop = keras.layers.Dropout(dropout, name="dropout")
 
     def build(self, input_shape=None):
         self.kernel = self.add_weight(
