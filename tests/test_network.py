@@ -71,7 +71,8 @@ def test_group_norm_has_16_channels_per_group():
     net = _tiny()
     net(_images(1), num_steps=1)
     group_norms = [
-        layer for layer in net._flatten_layers() if isinstance(layer, keras.layers.GroupNormalization)
+        layer for layer in net._flatten_layers()
+        if isinstance(layer, keras.layers.GroupNormalization)
     ]
     assert len(group_norms) >= 10
     for layer in group_norms:
