@@ -1,0 +1,369 @@
+r"""Evaluates a CiSS-Net checkpoint: mIoU and pixel accuracy at chosen steps (Table 1).
+
+    python -m ciss_tf.evaluate --flagfile=experiments/ade20k.flags --data_dir=DIR \
+        --checkpoint=runs/ade20k --eval_steps=0,2,4,6 --output_json=eval.json
+
+Scores come from one confusion matrix per step summed over the whole split, at the original
+image resolution (`ciss_tf.metrics`). One unroll to `max(--eval_steps)` gives every step.
+`--eval_scales`, `--eval_flip` and `--crop_size` switch on PSPNet's multi-scale, mirrored
+and sliding-window inference (`ciss_tf.inference.Segmenter`); read from an experiment's
+flagfile, `--crop_size` is the training crop, which is PSPNet's evaluation window.
+
+The JSON file holds `{"steps": {"0": {"miou", "pixel_accuracy", "iou": [...], ...}, ...}}`
+(fractions in [0, 1]; `null` IoU for classes absent from both ground truth and prediction)
+plus `checkpoint`, `dataset`, `split`, `num_images`, `class_names` and the inference
+settings. On Cityscapes, `--cityscapes_results_dir` also writes label-id PNGs of step
+`--cityscapes_step` and, with `--cityscapes_gt_dir`, scores them with the official script
+(the JSON gains `cityscapes`).
+
+`evaluate_model` is the in-process entry point (the trainer and the demo call it). Importing
+this module defines no flags (`run` does): the trainer imports it, and training has its own
+`--crop_size` and `--seed`.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+from ciss_tf import cityscapes_eval, inference, metrics
+from ciss_tf.data import datasets, input_pipeline, tfrecord
+
+DEFAULT_EVAL_STEPS = (0, 2, 4, 6)
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """Defines the flags of this tool (done by `run`, not at import: see the docstring)."""
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix, or a folder (its latest).")
+    flags.DEFINE_enum(
+        "stage", "ciss", ["pspnet", "ciss"],
+        "ciss: CiSS-Net; pspnet: a stage-1 PSPNet (step 0 only: --eval_steps defaults to 0).",
+    )
+    flags.DEFINE_string("split", None, "Split to evaluate (default: the dataset's eval split).")
+    flags.DEFINE_list(
+        "eval_steps", [str(t) for t in DEFAULT_EVAL_STEPS], "Steps t to score, e.g. 0,2,4,6."
+    )
+    flags.DEFINE_string("output_json", None, "Write the scores here as JSON.")
+    flags.DEFINE_list(
+        "eval_scales", ["1.0"], "Image scales averaged (PSPNet: 0.5,0.75,1.0,1.25,1.5,1.75)."
+    )
+    flags.DEFINE_bool("eval_flip", False, "Also average the mirrored image's probabilities.")
+    flags.DEFINE_list(
+        "crop_size", None,
+        "Sliding-window size height,width (or one number for a square) for images larger "
+        "than it; unset: whole images.",
+    )
+    flags.DEFINE_enum(
+        "eval_policy", "greedy", list(inference.POLICIES),
+        "greedy: argmax of the Context Net's policy; sample: Bernoulli actions.",
+    )
+    flags.DEFINE_integer("seed", 0, "Seed of the sampled actions (--eval_policy=sample).")
+    flags.DEFINE_integer("max_eval_images", 0, "Evaluate only the first N images (0: all).")
+    flags.DEFINE_string(
+        "cityscapes_results_dir", None,
+        "Cityscapes: write label-id PNGs of --cityscapes_step here, named after the inputs.",
+    )
+    flags.DEFINE_string(
+        "cityscapes_gt_dir", None,
+        "Cityscapes: ground-truth folder (e.g. gtFine/val) for the official evaluation of "
+        "the PNGs in --cityscapes_results_dir.",
+    )
+    flags.DEFINE_integer(
+        "cityscapes_step", 2, "Step whose predictions are written (one of --eval_steps)."
+    )
+
+
+def evaluate_model(model, dataset, *, num_classes, eval_steps=DEFAULT_EVAL_STEPS,
+                   ignore_label=datasets.IGNORE_LABEL, scales=(1.0,), flip=False,
+                   crop_size=None, policy="greedy", seed=0, on_prediction=None,
+                   progress=False):
+    """Scores a model on a dataset at several unrolled steps.
+
+    Args:
+      model: a `CissNet` (or a `PSPNet` with `eval_steps=(0,)`).
+      dataset: batches of `image` (normalised) `[B, H, W, 3]` and `label` `[B, H, W]`, and
+        `filename` `[B]` if `on_prediction` is given (`input_pipeline.eval_dataset`).
+      num_classes: Nc.
+      eval_steps: steps t to score.
+      ignore_label: label of pixels left out of the scores.
+      scales: image scales averaged (see `inference.Segmenter`).
+      flip: also average the mirrored image.
+      crop_size: sliding-window `(height, width)`, or None for whole images.
+      policy: "greedy" or "sample".
+      seed: seed of the sampled actions (keyed by the image's index in `dataset`).
+      on_prediction: optional `fn(filename, {t: int32 [H, W] class ids})`, called per image.
+      progress: show a progress bar on stderr.
+
+    Returns:
+      `{"steps": {"<t>": scores}, "num_images": n}`, with `scores` the dict of
+      `metrics.segmentation_scores` (`miou`, `pixel_accuracy`, `iou`, ...).
+
+    Raises:
+      ValueError: bad settings, or `dataset` is empty.
+    """
+    steps = tuple(eval_steps)
+    segmenter = inference.Segmenter(
+        model, steps, scales=scales, flip=flip, crop_size=crop_size, policy=policy, seed=seed
+    )
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, None, None], tf.int32),
+        tf.TensorSpec([len(steps), None, None, None], tf.int32),
+    ])
+    def confusions(labels, predictions):
+        return tf.map_fn(
+            lambda p: metrics.confusion_matrix_tf(labels, p, num_classes, ignore_label),
+            predictions, fn_output_signature=tf.int64,
+        )
+
+    total = int(dataset.cardinality())
+    bar = _ProgressBar(total if total >= 0 else None) if progress else None
+    confusion = np.zeros([len(steps), num_classes, num_classes], np.int64)
+    count = 0
+    for batch in dataset:
+        batch_size = int(batch["label"].shape[0])
+        sample_ids = tf.range(count, count + batch_size, dtype=tf.int64)
+        predictions = segmenter.labels(batch["image"], sample_ids)
+        confusion += confusions(tf.cast(batch["label"], tf.int32), predictions).numpy()
+        if on_prediction is not None:
+            predictions = predictions.numpy()
+            for i, filename in enumerate(batch["filename"].numpy()):
+                on_prediction(
+                    os.fsdecode(filename), {t: predictions[s, i] for s, t in enumerate(steps)}
+                )
+        count += batch_size
+        if bar is not None:
+            bar.update(count)
+    if bar is not None:
+        bar.close()
+    if count == 0:
+        raise ValueError("no images to evaluate")
+    return {
+        "steps": {
+            str(t): metrics.segmentation_scores(confusion[s]) for s, t in enumerate(steps)
+        },
+        "num_images": count,
+    }
+
+
+def cityscapes_writer(results_dir, step):
+    """An `on_prediction` callback writing step `step` as official Cityscapes label-id PNGs."""
+    def write(filename, labels_by_step):
+        label_ids = cityscapes_eval.train_ids_to_label_ids(labels_by_step[step])
+        cityscapes_eval.write_prediction(results_dir, filename, label_ids)
+
+    return write
+
+
+class _ProgressBar:
+    """A one-line text bar on stderr: redrawn in place on a terminal, else every 10 s."""
+
+    def __init__(self, total, stream=None, interval=10.0):
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty()
+        self.interval = interval
+        self.started = self.last = time.monotonic()
+        self.count = 0
+
+    def update(self, count, force=False):
+        self.count = count
+        now = time.monotonic()
+        if not (force or self.interactive or now - self.last >= self.interval):
+            return
+        self.last = now
+        rate = count / max(now - self.started, 1e-9)
+        if self.total:
+            filled = int(30 * count / self.total)
+            eta = (self.total - count) / max(rate, 1e-9)
+            text = (f"[{'#' * filled}{'.' * (30 - filled)}] {count}/{self.total} images  "
+                    f"{rate:.2f} img/s  eta {int(eta) // 60}:{int(eta) % 60:02d}")
+        else:
+            text = f"{count} images  {rate:.2f} img/s"
+        self.stream.write(("\r" if self.interactive else "") + text
+                          + ("" if self.interactive else "\n"))
+        self.stream.flush()
+
+    def close(self):
+        self.update(self.count, force=True)
+        if self.interactive:
+            self.stream.write("\n")
+
+
+def _parse_steps(values):
+    """`--eval_steps` as non-negative integers, without duplicates, in order."""
+    try:
+        steps = [int(v) for v in values]
+    except (TypeError, ValueError):
+        steps = None
+    if not steps or min(steps) < 0:
+        raise ValueError(f"--eval_steps must be non-negative integers, e.g. 0,2,4,6; got {values}")
+    return tuple(dict.fromkeys(steps))
+
+
+def _parse_scales(values):
+    """`--eval_scales` as positive floats."""
+    try:
+        scales = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        scales = ()
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"--eval_scales must be positive numbers; got {values}")
+    return scales
+
+
+def _parse_crop_size(values):
+    """`--crop_size` as `(height, width)` from `h,w` or `s` (square); None when unset."""
+    if not values:
+        return None
+    try:
+        sizes = [int(v) for v in values]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise ValueError(f"--crop_size must be height,width (positive integers); got {values}")
+    return (sizes[0], sizes[-1])
+
+
+def _format_table(results, class_names):
+    """Per-class IoU (%) for each step, then mIoU and pixel accuracy."""
+    steps = list(results["steps"])
+    width = max(12, *(len(n) for n in class_names))
+    lines = [f"{'class':<{width}}" + "".join(f"{'t=' + t:>9}" for t in steps)]
+
+    def row(name, values):
+        cells = "".join(f"{'-' if math.isnan(v) else f'{100 * v:.2f}':>9}" for v in values)
+        return f"{name:<{width}}{cells}"
+
+    for c, name in enumerate(class_names):
+        lines.append(row(name, [results["steps"][t]["iou"][c] for t in steps]))
+    lines.append(row("mIoU", [results["steps"][t]["miou"] for t in steps]))
+    lines.append(row("pixel acc.", [results["steps"][t]["pixel_accuracy"] for t in steps]))
+    return "\n".join(lines)
+
+
+def _json_ready(value):
+    """NaN -> None (JSON has no NaN), NumPy scalars -> Python, recursively."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _write_json(path, report):
+    """Writes `report` to `path` via a temporary file, so a failed run leaves no partial file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+        json.dump(_json_ready(report), f, indent=2, allow_nan=False)
+        f.write("\n")
+    os.replace(temporary, path)
+
+
+def evaluate_from_flags():
+    """Runs the evaluation the flags describe; returns the report written as JSON."""
+    steps = _parse_steps(FLAGS.eval_steps)
+    if FLAGS.stage == "pspnet":
+        if FLAGS["eval_steps"].present and steps != (0,):
+            raise ValueError(f"--stage=pspnet has step 0 only; got --eval_steps={steps}")
+        steps = (0,)
+    scales = _parse_scales(FLAGS.eval_scales)
+    crop_size = _parse_crop_size(FLAGS.crop_size)
+    if not FLAGS.checkpoint:
+        raise ValueError("--checkpoint is required")
+    if not FLAGS.data_dir:
+        raise ValueError("--data_dir is required (TFRecords written by data_prep)")
+    info = datasets.get_dataset_info(FLAGS.dataset)
+    results_dir, gt_dir = FLAGS.cityscapes_results_dir, FLAGS.cityscapes_gt_dir
+    if (results_dir or gt_dir) and info.name != "cityscapes":
+        raise ValueError("--cityscapes_results_dir/--cityscapes_gt_dir need --dataset=cityscapes")
+    if gt_dir and not results_dir:
+        raise ValueError("--cityscapes_gt_dir needs --cityscapes_results_dir")
+    if gt_dir and not os.path.isdir(gt_dir):
+        raise ValueError(f"--cityscapes_gt_dir {gt_dir} is not a directory")
+    if results_dir and FLAGS.cityscapes_step not in steps:
+        raise ValueError(
+            f"--cityscapes_step={FLAGS.cityscapes_step} is not one of --eval_steps={steps}"
+        )
+    split = FLAGS.split or info.eval_split
+    pattern = input_pipeline.split_file_pattern(FLAGS.data_dir, split)
+    _, counts = tfrecord.check_shards(pattern)
+    num_images = sum(counts)
+    if FLAGS.max_eval_images > 0:
+        num_images = min(num_images, FLAGS.max_eval_images)
+    model, checkpoint = inference.load_model(info.num_classes, FLAGS.checkpoint, FLAGS.stage)
+    logging.info("Evaluating %s on %d %s images at steps %s", checkpoint, num_images, split,
+                 list(steps))
+    dataset = input_pipeline.eval_dataset(
+        pattern, num_classes=info.num_classes, ignore_label=info.ignore_label
+    ).take(num_images).apply(tf.data.experimental.assert_cardinality(num_images))
+    results = evaluate_model(
+        model, dataset, num_classes=info.num_classes, eval_steps=steps,
+        ignore_label=info.ignore_label, scales=scales, flip=FLAGS.eval_flip,
+        crop_size=crop_size, policy=FLAGS.eval_policy, seed=FLAGS.seed,
+        on_prediction=cityscapes_writer(results_dir, FLAGS.cityscapes_step) if results_dir
+        else None,
+        progress=True,
+    )
+    report = {
+        "steps": results["steps"],
+        "checkpoint": checkpoint,
+        "dataset": info.name,
+        "split": split,
+        "num_images": results["num_images"],
+        "class_names": list(info.class_names),
+        "eval_scales": list(scales),
+        "eval_flip": FLAGS.eval_flip,
+        "crop_size": list(crop_size) if crop_size else None,
+        "eval_policy": FLAGS.eval_policy,
+        "stage": FLAGS.stage,
+    }
+    print(_format_table(results, info.class_names))
+    if gt_dir:
+        official = cityscapes_eval.run_official_evaluation(results_dir, gt_dir)
+        report["cityscapes"] = {"step": FLAGS.cityscapes_step, **official}
+        ours = results["steps"][str(FLAGS.cityscapes_step)]["miou"]
+        print(
+            f"Cityscapes t={FLAGS.cityscapes_step}: official IoU class "
+            f"{official['iou_class']:.4f}, iIoU class {official['iiou_class']:.4f}, IoU "
+            f"category {official['iou_category']:.4f}, iIoU category "
+            f"{official['iiou_category']:.4f}; ours mIoU {ours:.4f}"
+        )
+    if FLAGS.output_json:
+        _write_json(FLAGS.output_json, report)
+        logging.info("Wrote %s", FLAGS.output_json)
+    return report
+
+
+def main(argv):
+    """Runs the tool; bad input exits with one line on stderr."""
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}")
+    try:
+        evaluate_from_flags()
+    except (ValueError, OSError) as error:
+        sys.exit(f"error: {error}")
+    except tf.errors.OpError as error:
+        sys.exit(f"error: {error.message.strip().splitlines()[0]}")
+
+
+def run():
+    """Console entry point."""
+    define_flags()
+    app.run(main, flags_parser=inference.parse_flags)
+
+
+if __name__ == "__main__":
+    run()
