@@ -1,0 +1,146 @@
+"""The embedded demo: scoring and gate statistics, the figure, and a tiny run end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ciss_tf import demo
+from ciss_tf.data import datasets
+
+ROOT = Path(__file__).resolve().parents[1]
+PALETTE = datasets.get_dataset_info("synthetic").palette
+
+
+def _stub_unroll(labels, small_labels, context, actions):
+    """A `greedy_unroll` stand-in returning fixed outputs (for a batch of one image)."""
+    arrays = {
+        "labels": labels, "small_labels": small_labels, "context": context, "actions": actions
+    }
+    outputs = {name: tf.constant(value, tf.int32) for name, value in arrays.items()}
+    return lambda images: outputs
+
+
+def test_evaluate_run_scores_steps_and_gate_against_hand_counts():
+    steps = len(demo.EVAL_STEPS)
+    labels = np.zeros([1, 16, 16], np.int32)
+    labels[0, :, 8:] = 1
+    labels[0, 0, 0] = 255  # ignored: never counted
+    # Step t predicts class 1 on the first t columns of the left half (wrong), else right.
+    predictions = np.stack([labels.clip(0, 1) for _ in range(steps)])
+    for t in range(steps):
+        predictions[t, 0, :, :t] = 1
+    # Stride-8 grid 2 x 2: labels (nearest, corners aligned) [[255, 1], [0, 1]].
+    small = np.array([[[[0, 1], [0, 1]]]] * steps, np.int32)
+    small[demo.GATE_STEP, 0, 1, 0] = 1  # wrong at (1, 0); (0, 0) is ignored
+    actions = np.zeros([steps - 1, 1, 2, 2], np.int32)
+    actions[demo.GATE_STEP, 0] = [[1, 1], [1, 0]]  # keeps the ignored, a right and the wrong
+    unroll = _stub_unroll(predictions, small, actions, actions)
+    dataset = [{"image": tf.zeros([1, 16, 16, 3]), "label": tf.constant(labels)}]
+
+    scores, gate, errors = demo.evaluate_run(unroll, dataset, num_classes=2)
+
+    for t in demo.EVAL_STEPS:
+        wrong = 16 * t - (1 if t else 0)  # minus the ignored pixel once it is predicted
+        class0 = 16 * 8 - 1
+        iou0 = (class0 - wrong) / class0
+        iou1 = 128 / (128 + wrong)
+        assert scores[str(t)]["miou"] == pytest.approx((iou0 + iou1) / 2)
+        assert scores[str(t)]["pixel_accuracy"] == pytest.approx(1 - wrong / 255)
+    assert gate == pytest.approx(
+        {"kept": 3 / 4, "kept_where_right": 1 / 2, "kept_where_wrong": 1.0, "pmap_error": 1 / 3}
+    )
+    assert errors == [0]
+
+
+def test_figure_panel_layout_and_uncertain_pixels_white():
+    steps = max(demo.FIGURE_STEPS) + 1
+    labels = np.stack([np.full([1, 16, 24], t, np.int32) for t in range(steps + 1)])
+    context = np.zeros([steps, 1, 2, 3], np.int32)
+    context[:, 0, 0, 0] = 3  # class 2 kept at the top-left cell, the rest uncertain
+    unroll = _stub_unroll(labels, labels[:, :, ::8, ::8], context, (context > 0).astype(int))
+    image = np.zeros([1, 16, 24, 3], np.float32)  # the mean pixel after normalisation
+    batch = {"image": tf.constant(image), "label": tf.fill([1, 16, 24], 4)}
+
+    panel = demo.figure_panel(unroll, [batch, batch], PALETTE)
+
+    assert panel.shape == (*demo.figure_size(16, 24, 2), 3) and panel.dtype == np.uint8
+    zoom, gap = demo.FIGURE_ZOOM, demo.FIGURE_GAP
+    tile_h, tile_w = 16 * zoom, 24 * zoom
+
+    def tile(row, column):
+        top, left = demo.FIGURE_HEADER + row * (tile_h + gap), column * (tile_w + gap)
+        return panel[top:top + tile_h, left:left + tile_w]
+
+    for row in range(2):
+        np.testing.assert_array_equal(tile(row, 0), np.broadcast_to((124, 117, 104), (32, 48, 3)))
+        assert (tile(row, 1) == PALETTE[4]).all()
+        for k, t in enumerate(demo.FIGURE_STEPS):
+            assert (tile(row, 2 + 2 * k) == PALETTE[t]).all()
+            context_tile = tile(row, 3 + 2 * k)
+            # Nearest neighbour with corners aligned: the top-left cell covers 8 x 6 pixels.
+            assert (context_tile[: 8 * zoom, : 6 * zoom] == PALETTE[2]).all()
+            assert (context_tile[8 * zoom:] == 255).all()
+            assert (context_tile[:, 6 * zoom:] == 255).all()
+
+
+def test_max_steps_reads_the_flagfile_and_lets_overrides_win(tmp_path):
+    flagfile = tmp_path / "x.flags"
+    flagfile.write_text("# comment\n--stage=ciss\n--max_steps=600\n")
+    assert demo._max_steps(str(flagfile), ()) == 600
+    assert demo._max_steps(str(flagfile), ("--max_steps=3",)) == 3
+    flagfile.write_text("--stage=ciss\n")
+    with pytest.raises(demo.DemoError, match="x.flags"):
+        demo._max_steps(str(flagfile), ())
+
+
+def test_demo_flagfiles_train_every_run_for_the_same_steps():
+    stage2 = os.path.join(demo._EXPERIMENTS, "demo.flags")
+    text = Path(stage2).read_text()
+    # Budget and capacity are equal by construction: the controls differ by one flag only.
+    assert "--context_mode" not in text and "--preset=tiny" in text
+    for run in demo.DEFAULT_RUNS + demo.EXTRA_RUNS:
+        assert len(run.flags) <= 1
+        assert not any(f.startswith(("--max_steps", "--batch_size", "--preset", "--crop_size",
+                                     "--unroll_steps")) for f in run.flags)
+
+
+def test_tiny_demo_end_to_end(tmp_path):
+    workdir = tmp_path / "demo"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [sys.executable, "-m", "ciss_tf.demo", f"--workdir={workdir}", "--demo_scale=test"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Table 1" in result.stdout and "Table 4" in result.stdout
+
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results["steps"]) == {"0", "2", "4", "6"}
+    assert {"baseline", "no_context", "baseline_pmap", "ciss"} <= set(results["ablations"])
+    fractions = [s[k] for s in results["steps"].values() for k in ("miou", "pixel_accuracy")]
+    fractions += [*results["ablations"].values(), results["kept_fraction"]]
+    assert all(0.0 <= f <= 1.0 for f in fractions)
+    assert results["seconds"] > 0
+    # The tables are views of the per-run scores.
+    ciss = results["runs"]["ciss"]
+    assert results["ablations"]["baseline"] == ciss["0"]["miou"]
+    assert results["ablations"]["ciss"] == ciss["2"]["miou"] == results["steps"]["2"]["miou"]
+    assert results["ablations"]["no_context"] == results["runs"]["no_context"]["2"]["miou"]
+    assert results["kept_fraction"] == results["gate"]["ciss"]["kept"]
+    assert results["gate"]["no_context"]["kept"] == 0.0
+    assert results["gate"]["baseline_pmap"]["kept"] == 1.0
+
+    scale = demo.SCALES["test"]
+    figure = cv2.imread(str(workdir / "figure.png"))
+    expected = demo.figure_size(scale.image_size, scale.image_size,
+                                min(demo.FIGURE_IMAGES, scale.num_val))
+    assert figure is not None and figure.shape == (*expected, 3)
+    for run in ("pspnet", "ciss", "no_context", "baseline_pmap"):
+        assert tf.io.gfile.glob(str(workdir / run / "train" / "events.out.tfevents.*")), run
