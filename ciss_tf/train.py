@@ -320,7 +320,13 @@ def train():
         step_counter=trainer.step,
     )
     if manager.latest_checkpoint:
-        trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        try:
+            trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (AssertionError, ValueError) as error:
+            raise ValueError(
+                f"{manager.latest_checkpoint} does not match this model (another preset, dataset "
+                f"or context mode?); use a new --model_dir. {str(error).splitlines()[0][:200]}"
+            ) from None
         logging.info(
             "Resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step.numpy())
         )
