@@ -144,6 +144,8 @@ class CissNet(keras.Model):
         x = self.features(images)
         base_logits = self.base_net(x, training=training)
         learned = self.context_net is not None
+        # With no step to run (and no bootstrap), the X halves would be computed for nothing.
+        cache_features = cache_features and (num_steps > 0 or bootstrap)
         if cache_features:
             bias_x = self.bias_net.trunk.project_features(x)
             context_x = self.context_net.trunk.project_features(x) if learned else None

@@ -72,16 +72,17 @@ class ContextTrunk(keras.layers.Layer):
     def call(self, projected_features, encoded, training=False):
         """Runs the trunk from `project_features(X)` and the step's encoding `E`."""
         c1 = projected_features + self._conv1(encoded, self.kernel[:, :, self.feature_channels :])
-        return self._rest(c1, training)
+        return self.from_first_conv(c1, training)
 
     def call_concat(self, features, encoded, training=False):
         """The plain form: the first conv over the concatenation `[X, E]`."""
         if not self.built:
             self.build()
         c1 = self._conv1(tf.concat([features, encoded], axis=-1), self.kernel)
-        return self._rest(c1, training)
+        return self.from_first_conv(c1, training)
 
-    def _rest(self, c1, training):
+    def from_first_conv(self, c1, training=False):
+        """The layers after the first conv, from its pre-normalisation output `c1`."""
         norm1, norm2, norm3, norm4 = self.norms
         conv2, conv3, conv4 = self.convs
         c1 = tf.nn.relu(norm1(c1))

@@ -1,0 +1,413 @@
+"""Exact inference-time rewrites of a trained CiSS-Net: same greedy outputs, fewer FLOPs.
+
+`FastCissNet(model)` reads the weights of a trained `CissNet` and runs the unrolled greedy
+inference of SPEC.md section 2 with these rewrites, each an algebraic identity (results
+differ from the plain model by float32 rounding only; the tests bound it):
+
+1. **Batch norm folded.** The frozen feature net's batch norms (and the Context Net's
+   encoder batch norms, in inference mode) become a scale of the conv kernel and a bias:
+   `bn(conv(x, W)) = conv(x, W * s) + (beta - mean * s)` with `s = gamma / sqrt(var + eps)`.
+2. **X never materialised.** `X = [res5, up(p6), up(p3), up(p2), up(p1)]`: half of its 4096
+   channels are bilinear upsamplings of tiny pooled maps (the PPM branches, 1x1 to 6x6).
+   Every consumer of `X` is a 3x3 conv, and a conv of an upsampled map is an upsampling of
+   per-tap projections: with `U` the (linear, per-channel) upsampling and `S_d` the shift of
+   tap `d`, `conv3x3(U p, W) = sum_d S_d U (p W_d)`. The projections `p W_d` cost a few
+   MFLOP on the pooled grid, the upsample-and-shift is two small matrix products
+   (`conv3x3_of_upsampled`), so every first conv over `X` only convolves res5 (2048
+   channels). The encoders' pyramid branches of the Bias Net (4 x 256 channels) and the
+   Context Net (4 x 64) get the same treatment at every step.
+3. **The X halves fused and cached.** The Base Net's 3x3 conv and the `X` halves of the Bias
+   Net's and Context Net's first convs read the same input: one conv with 3 x 512 outputs,
+   computed once per image (`t >= 1`; `t = 0` needs only the Base Net's third).
+4. **Pyramid pooling as matrix products** (`pyramid_pool`): the same cells as
+   `ppm.ceil_avg_pool`, ~15x faster than its integral image on the 60x60x2048 res5.
+5. **Nothing that greedy inference does not use.** No dropout, no value head, no bootstrap.
+
+The feature net's res5 3x3 convs, the trunks' inner convs and the GroupNorms run as in
+the model (GroupNorm depends on the data and cannot be folded). Use it through
+`tf.function`; the benchmark and the exporter do.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from ciss_tf import ops
+
+
+def fold_batch_norm(kernel, gamma, beta, mean, variance, epsilon):
+    """Folds an inference-mode batch norm into the preceding bias-free conv.
+
+    Args:
+      kernel: conv kernel `[..., C_in, C_out]`.
+      gamma, beta, mean, variance: batch-norm parameters `[C_out]` (gamma None = 1,
+        beta None = 0).
+      epsilon: the batch norm's epsilon.
+
+    Returns:
+      `(kernel, bias)` as float64 NumPy arrays such that
+      `conv(x, kernel) + bias == bn(conv(x, kernel_in))`.
+    """
+    kernel = np.asarray(kernel, np.float64)
+    mean = np.asarray(mean, np.float64)
+    scale = 1.0 / np.sqrt(np.asarray(variance, np.float64) + epsilon)
+    if gamma is not None:
+        scale = scale * np.asarray(gamma, np.float64)
+    bias = -mean * scale
+    if beta is not None:
+        bias = bias + np.asarray(beta, np.float64)
+    return kernel * scale, bias
+
+
+def shifted_interpolation(source_size, target_size):
+    """The 1-D factors of `ops.resize_bilinear` shifted by each tap of a 3x3 SAME conv.
+
+    Args:
+      source_size: length of the pooled axis (int or scalar tensor).
+      target_size: length after upsampling.
+
+    Returns:
+      float32 `[3, target_size, source_size]`: entry `[d, y, i]` is the weight of source
+      cell `i` in the upsampled value at `y + d - 1`, or 0 where that falls outside (the
+      conv's zero padding).
+    """
+    # Resizing the identity yields exactly the interpolation weights TF itself uses.
+    identity = tf.eye(source_size, dtype=tf.float32)[tf.newaxis, :, tf.newaxis, :]
+    weights = ops.resize_bilinear(identity, (target_size, 1))[0, :, 0, :]
+    padded = tf.pad(weights, [[1, 1], [0, 0]])
+    return tf.stack([padded[d : d + target_size] for d in range(3)])
+
+
+def tap_major(kernel):
+    """A 3x3 kernel `[3, 3, C, O]` laid out as `[C, 3, 3, O]` for `conv3x3_of_upsampled`."""
+    return np.transpose(kernel, (2, 0, 1, 3))
+
+
+def conv3x3_of_upsampled(pooled, kernel, size):
+    """`conv3x3(ops.resize_bilinear(pooled, size), W)` (SAME, stride 1, no bias).
+
+    The upsampled map is never built: the nine taps of `W` are applied on the pooled grid,
+    then the result is upsampled and shifted by two separable matrix products. Written
+    with `matmul` rather than `einsum` so that the graph's FLOP count sees it.
+
+    Args:
+      pooled: `[B, g_h, g_w, C]`.
+      kernel: `tap_major(W)`, `[C, 3, 3, O]`.
+      size: `(height, width)` of the upsampled map.
+
+    Returns:
+      `[B, height, width, O]`.
+    """
+    dtype = pooled.dtype
+    channels, outputs = kernel.shape[0], kernel.shape[-1]
+    batch, grid_h, grid_w = (tf.shape(pooled)[i] for i in range(3))
+    height, width = size
+    taps = tf.matmul(
+        tf.reshape(pooled, [-1, channels]), tf.reshape(tf.cast(kernel, dtype), [channels, -1])
+    )
+    # [B, i, j, dy, dx, O] -> [B, i, dy, (dx, j), O]
+    taps = tf.transpose(tf.reshape(taps, [batch, grid_h, grid_w, 3, 3, outputs]),
+                        [0, 1, 3, 4, 2, 5])
+    taps = tf.reshape(taps, [batch, grid_h, 3, 3 * grid_w, outputs])
+    cols = _flat_taps(shifted_interpolation(grid_w, width), dtype)  # [W, (dx, j)]
+    along_width = tf.matmul(cols, taps)  # [B, i, dy, W, O]
+    along_width = tf.reshape(tf.transpose(along_width, [0, 2, 1, 3, 4]),
+                             [batch, 3 * grid_h, -1])  # [B, (dy, i), (W, O)]
+    rows = _flat_taps(shifted_interpolation(grid_h, height), dtype)  # [H, (dy, i)]
+    return tf.reshape(tf.matmul(rows, along_width), [batch, height, width, outputs])
+
+
+def _flat_taps(shifted, dtype):
+    """`[3, n, g]` -> `[n, 3 * g]` with the tap as the slower index."""
+    n = tf.shape(shifted)[1]
+    return tf.cast(tf.reshape(tf.transpose(shifted, [1, 0, 2]), [n, -1]), dtype)
+
+
+def _averaging_matrix(size, bins, dtype):
+    """`[cells, size]`: row i averages positions [i k, (i + 1) k), k = ceil(size / bins)."""
+    kernel = (size + bins - 1) // bins
+    cells = size // kernel
+    inside = tf.range(size)[tf.newaxis, :] // kernel == tf.range(cells)[:, tf.newaxis]
+    return tf.cast(inside, dtype) / tf.cast(kernel, dtype)
+
+
+def pyramid_pool(x, bins):
+    """`[ppm.ceil_avg_pool(x, b) for b in bins]` as two matrix products per map.
+
+    Same cells (kernel = stride = ceil(size / bins), no padding), any static or dynamic
+    size, but ~15x faster than the integral image on a 60x60x2048 map: the height
+    averages of every bin come from one product, then each bin averages its width.
+
+    Args:
+      x: `[B, H, W, C]`.
+      bins: grid sizes.
+
+    Returns:
+      A list of `[B, cells_h, cells_w, C]`, one per bin.
+    """
+    height, width = ops.spatial_size(x)
+    channels = x.shape[-1]
+    rows = [_averaging_matrix(height, b, x.dtype) for b in bins]
+    stacked = tf.matmul(tf.concat(rows, 0), tf.reshape(x, [tf.shape(x)[0], height, -1]))
+    stacked = tf.reshape(stacked, [tf.shape(x)[0], -1, width, channels])
+    pooled, start = [], 0
+    for b, row in zip(bins, rows, strict=True):
+        count = tf.shape(row)[0]
+        pooled.append(tf.matmul(_averaging_matrix(width, b, x.dtype),
+                                stacked[:, start : start + count]))
+        start += count
+    return pooled
+
+
+class _FoldedConv(tf.Module):
+    """A conv with batch norm folded in: `relu?(conv(x) + bias)`, explicit symmetric pad."""
+
+    def __init__(self, conv_bn, dtype):
+        super().__init__()
+        conv, bn = conv_bn.conv, conv_bn.bn
+        kernel, bias = fold_batch_norm(
+            conv.kernel.numpy(), _numpy(bn.gamma), _numpy(bn.beta), bn.moving_mean.numpy(),
+            bn.moving_variance.numpy(), bn.epsilon,
+        )
+        self.kernel = tf.Variable(kernel, dtype=dtype, trainable=False)
+        self.bias = tf.Variable(bias, dtype=dtype, trainable=False)
+        self.strides = tuple(conv.strides)
+        self.dilations = tuple(conv.dilation_rate)
+        self.relu = conv_bn.relu
+        pad = conv_bn.pad
+        if self.strides == (1, 1):
+            # Stride 1, odd kernel, pad = dilation * (k - 1) / 2: SAME pads exactly so.
+            self.padding = "SAME"
+        elif pad:
+            self.padding = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+        else:
+            self.padding = "VALID"
+
+    def __call__(self, x):
+        y = tf.nn.conv2d(x, self.kernel, self.strides, self.padding, dilations=self.dilations)
+        y = tf.nn.bias_add(y, self.bias)
+        return tf.nn.relu(y) if self.relu else y
+
+
+class _FoldedBottleneck(tf.Module):
+    def __init__(self, block, dtype):
+        super().__init__()
+        self.reduce = _FoldedConv(block.reduce, dtype)
+        self.conv3x3 = _FoldedConv(block.conv3x3, dtype)
+        self.increase = _FoldedConv(block.increase, dtype)
+        self.proj = None if block.proj is None else _FoldedConv(block.proj, dtype)
+
+    def __call__(self, x):
+        shortcut = x if self.proj is None else self.proj(x)
+        return tf.nn.relu(self.increase(self.conv3x3(self.reduce(x))) + shortcut)
+
+
+def _pointwise_relu(x, kernel, bias):
+    """`relu(conv1x1(x) + bias)` on a small pooled map."""
+    return tf.nn.relu(tf.nn.bias_add(tf.matmul(x, kernel), bias))
+
+
+def _numpy(variable):
+    return None if variable is None else variable.numpy()
+
+
+def _split_rows(kernel, sizes):
+    """Splits a kernel's input channels into consecutive blocks of `sizes`."""
+    blocks, start = [], 0
+    for size in sizes:
+        blocks.append(kernel[:, :, start : start + size])
+        start += size
+    return blocks
+
+
+class FastCissNet(tf.Module):
+    """Greedy CiSS-Net inference from a trained `CissNet`, rewritten for speed (see module).
+
+    Weights are copied (folded) at construction: rebuild it after the model changes. The
+    GroupNorm layers and the trunks' inner convs are the model's own objects.
+
+    Args:
+      model: a built `CissNet` (any `context_mode`).
+
+    Example:
+      >>> fast = FastCissNet(model)
+      >>> outputs = tf.function(fast)(images, num_steps=2)
+      >>> outputs["logits"].shape  # [T + 1, B, h, w, Nc], as model(images)["logits"]
+    """
+
+    def __init__(self, model):
+        super().__init__(name="fast_ciss_net")
+        dtype = tf.as_dtype(model.compute_dtype)
+        self.dtype = dtype
+        self.num_classes = model.num_classes
+        self.context_mode = model.context_mode
+        feature_net = model.feature_net
+        backbone = feature_net.backbone
+        self.stem = [_FoldedConv(layer, dtype) for layer in backbone.stem]
+        self.blocks = [_FoldedBottleneck(b, dtype) for stage in backbone.stages for b in stage]
+        self.bins = feature_net.bins
+        self.ppm = [
+            self._folded_1x1(conv, norm, dtype)
+            for conv, norm in zip(feature_net.ppm.convs, feature_net.ppm.norms, strict=True)
+        ]
+        res5_channels = backbone.output_channels[1]
+        ppm_sizes = [feature_net.ppm_channels] * len(self.bins)
+        # Kernels over X, output blocks [base | bias trunk | context trunk], input blocks
+        # [res5 | ppm6 | ppm3 | ppm2 | ppm1] (the order of X).
+        x_kernels = [model.base_net.conv.kernel.numpy()]
+        self.trunks = [model.bias_net.trunk]
+        if model.context_net is not None:
+            self.trunks.append(model.context_net.trunk)
+        for trunk in self.trunks:
+            x_kernels.append(trunk.kernel.numpy()[:, :, : trunk.feature_channels])
+        fused = np.concatenate(x_kernels, axis=-1)
+        res5_kernel, *branch_kernels = _split_rows(fused, [res5_channels, *ppm_sizes])
+        channels = model.base_net.channels
+        # X's branches are in the order bins[::-1]; kept in the order of `self.bins`. The
+        # Base Net's block is also kept alone: t = 0 needs nothing else.
+        branch_kernels = [tap_major(k) for k in branch_kernels[::-1]]
+        self.base_x_kernels = self._variables(
+            [res5_kernel[..., :channels]] + [k[..., :channels] for k in branch_kernels], dtype
+        )
+        self.fused_x_kernels = self._variables([res5_kernel, *branch_kernels], dtype)
+        self.base_net = model.base_net
+        self.bias_net = model.bias_net
+        self.bias_e_kernels = self._encoder_kernels(self.bias_net, model.num_classes + 1, dtype)
+        self.context_net = model.context_net
+        if self.context_net is not None:
+            self.context_encoder = [
+                self._folded_1x1(conv, norm, dtype)
+                for conv, norm in zip(
+                    self.context_net.encoder.convs, self.context_net.encoder.norms, strict=True
+                )
+            ]
+            self.context_e_kernels = self._encoder_kernels(
+                self.context_net, model.num_classes, dtype
+            )
+
+    @staticmethod
+    def _variables(arrays, dtype):
+        return [tf.Variable(a, dtype=dtype, trainable=False) for a in arrays]
+
+    @staticmethod
+    def _folded_1x1(conv, norm, dtype):
+        kernel, bias = fold_batch_norm(
+            conv.kernel.numpy()[0, 0], _numpy(norm.gamma), _numpy(norm.beta),
+            norm.moving_mean.numpy(), norm.moving_variance.numpy(), norm.epsilon,
+        )
+        return (tf.Variable(kernel, dtype=dtype, trainable=False),
+                tf.Variable(bias, dtype=dtype, trainable=False))
+
+    @staticmethod
+    def _encoder_kernels(net, map_channels, dtype):
+        """The E half of a trunk's first kernel: (map kernel, branch kernels in bins order)."""
+        trunk = net.trunk
+        e_kernel = trunk.kernel.numpy()[:, :, trunk.feature_channels :]
+        map_kernel, *branches = _split_rows(
+            e_kernel, [map_channels] + [net.branch_channels] * len(net.bins)
+        )
+        return (tf.Variable(map_kernel, dtype=dtype, trainable=False),
+                FastCissNet._variables([tap_major(k) for k in branches[::-1]], dtype))
+
+    def res5_and_pyramid(self, images):
+        """The feature net with batch norm folded: res5 and the PPM's pooled branches."""
+        x = tf.cast(images, self.dtype)
+        for conv in self.stem:
+            x = conv(x)
+        # Post-ReLU inputs: zero padding equals max pooling's -inf padding.
+        x = tf.nn.max_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, "VALID")
+        for block in self.blocks:
+            x = block(x)
+        pooled = [
+            _pointwise_relu(cells, kernel, bias)
+            for cells, (kernel, bias) in zip(pyramid_pool(x, self.bins), self.ppm, strict=True)
+        ]
+        return x, pooled
+
+    @staticmethod
+    def _conv_x(res5, pooled, kernels):
+        """`conv3x3(X)` from res5 and the pooled PPM branches, kernels split as X is."""
+        res5_kernel, *branch_kernels = kernels
+        y = tf.nn.conv2d(res5, res5_kernel, 1, "SAME")
+        size = ops.spatial_size(res5)
+        for branch, kernel in zip(pooled, branch_kernels, strict=True):
+            y += conv3x3_of_upsampled(branch, kernel, size)
+        return y
+
+    def _encoded_conv(self, kernels, encoded_map, branches):
+        """The E half of a trunk's first conv: the map itself plus its pyramid branches."""
+        map_kernel, branch_kernels = kernels
+        y = tf.nn.conv2d(encoded_map, map_kernel, 1, "SAME")
+        size = ops.spatial_size(encoded_map)
+        for branch, kernel in zip(branches, branch_kernels, strict=True):
+            y += conv3x3_of_upsampled(branch, kernel, size)
+        return y
+
+    def _bias_logits(self, projected, context_map):
+        net = self.bias_net
+        onehot = tf.one_hot(context_map, self.num_classes + 1, dtype=self.dtype)
+        branches = [
+            tf.nn.relu(norm(conv(cells)))
+            for cells, conv, norm in zip(
+                pyramid_pool(onehot, net.bins), net.encoder.convs, net.encoder.norms, strict=True
+            )
+        ]
+        c1 = projected + self._encoded_conv(self.bias_e_kernels, onehot, branches)
+        return net.classifier(net.trunk.from_first_conv(c1, training=False))
+
+    def _keep(self, projected, logits):
+        """The greedy action of the Context Net for the p-map of `logits`."""
+        probabilities = tf.cast(tf.nn.softmax(tf.cast(logits, tf.float32)), self.dtype)
+        branches = [
+            _pointwise_relu(cells, kernel, bias)
+            for cells, (kernel, bias) in zip(
+                pyramid_pool(probabilities, self.context_net.bins), self.context_encoder,
+                strict=True,
+            )
+        ]
+        c1 = projected + self._encoded_conv(self.context_e_kernels, probabilities, branches)
+        z = self.context_net.trunk.from_first_conv(c1, False)
+        policy_logits = self.context_net.policy_head(z)
+        return tf.cast(policy_logits[..., 1] > policy_logits[..., 0], tf.int32)
+
+    def __call__(self, images, num_steps=2):
+        """Greedy unrolled inference, as `CissNet(images, training=False)`.
+
+        Args:
+          images: normalised images `[B, H, W, 3]`.
+          num_steps: T (Python int).
+
+        Returns:
+          `{"logits": [T + 1, B, h, w, Nc], "context": int32 [T, B, h, w]}`.
+        """
+        res5, pooled = self.res5_and_pyramid(images)
+        channels = self.base_net.channels
+        if num_steps == 0:
+            base_x = self._conv_x(res5, pooled, self.base_x_kernels)
+        else:
+            fused = self._conv_x(res5, pooled, self.fused_x_kernels)
+            base_x = fused[..., :channels]
+            bias_x = fused[..., channels : 2 * channels]
+            context_x = fused[..., 2 * channels :]
+        base = self.base_net
+        base_logits = base.classifier(tf.nn.relu(base.norm(base_x)))
+        logits, contexts = [base_logits], []
+        for _ in range(num_steps):
+            prediction = tf.argmax(logits[-1], axis=-1, output_type=tf.int32)
+            if self.context_mode == "learned":
+                action = self._keep(context_x, logits[-1])
+            elif self.context_mode == "pmap":
+                action = tf.ones_like(prediction)
+            else:
+                action = tf.zeros_like(prediction)
+            context = action * (prediction + 1)
+            logits.append(base_logits + self._bias_logits(bias_x, context))
+            contexts.append(context)
+        size = tf.shape(base_logits)[:3]
+        context = (tf.stack(contexts) if contexts
+                   else tf.zeros(tf.concat([[0], size], 0), tf.int32))
+        return {"logits": tf.stack(logits), "context": context}
+
+    def predict_labels(self, images, num_steps=2):
+        """Greedy class ids `[B, H, W]` at step `num_steps`, at the input resolution."""
+        logits = self(images, num_steps=num_steps)["logits"][-1]
+        return tf.argmax(ops.resize_bilinear(logits, ops.spatial_size(images)), -1, tf.int32)

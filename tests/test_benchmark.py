@@ -1,0 +1,109 @@
+"""The benchmark: its small helpers, a tiny run's JSON, and bad flags (timings not asserted)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+
+from ciss_tf import benchmark
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-m", "ciss_tf.benchmark", *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, check=False,
+    )
+
+
+def test_feature_size_is_pspnet_output_stride_8():
+    assert benchmark.feature_size(473) == 60  # 473 -> 237 -> 119 -> 60
+    assert benchmark.feature_size(713) == 90
+    assert benchmark.feature_size(64) == 8
+
+
+def test_round_robin_interleaves_and_warms_up():
+    calls = []
+
+    def make(name):
+        def fn(x):
+            calls.append(name)
+            return tf.constant(x)
+        return fn
+
+    times = benchmark.time_round_robin(
+        {"a": make("a"), "b": make("b")}, {"a": 1.0, "b": 2.0}, repeats=3, warmup=2
+    )
+    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    for wall, cpu in times.values():
+        assert len(wall) == len(cpu) == 3 and min(wall) >= 0
+
+
+def test_graph_flops_counts_a_conv_exactly():
+    conv = tf.function(lambda x: tf.nn.conv2d(x, tf.ones([3, 3, 4, 6]), 1, "SAME"))
+    concrete = conv.get_concrete_function(tf.TensorSpec([1, 5, 7, 4]))
+    assert benchmark.graph_flops(concrete) == 2 * 5 * 7 * 6 * 3 * 3 * 4
+
+
+def test_tiny_run_writes_the_contract_keys(tmp_path):
+    output = tmp_path / "bench.json"
+    process = _run(
+        "--preset=tiny", "--image_size=32", "--steps=0,2", "--repeats=1",
+        "--sections=inference,pipeline", "--pipeline_batches=2", f"--output_json={output}",
+    )
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert "t=2 / t=0" in process.stdout
+    results = json.loads(output.read_text())
+    for key in ("seconds_t0", "ratio_t2_t0", "ratio_t2_t0_naive", "ratio_t2_t0_cached"):
+        assert results[key] > 0, key
+    inference = results["inference"]
+    assert set(inference) == {"naive", "cached", "fast"}
+    assert results["seconds_t0"] == inference["fast"]["0"]["seconds"]
+    assert results["ratio_t2_t0_naive"] == pytest.approx(
+        inference["naive"]["2"]["seconds"] / inference["naive"]["0"]["seconds"]
+    )
+    # t = 0 of naive and cached is one graph, timed once.
+    assert inference["naive"]["0"]["runs"] == inference["cached"]["0"]["runs"]
+    # Tiny net at 32x32: X is 4x4x320, trunks 32 wide. Without the cache, t = 2 convolves
+    # X with both trunks' X halves twice instead of once: 2 extra 3x3 convs 320 -> 32; the
+    # cached form adds the X half to the E half instead (2 trunks x 2 steps x 4x4x32 adds).
+    extra = 2 * (2 * 4 * 4 * 32 * 3 * 3 * 320) - 2 * 2 * 4 * 4 * 32
+    gflop = {path: inference[path]["2"]["gflop"] for path in inference}
+    assert (gflop["naive"] - gflop["cached"]) * 1e9 == pytest.approx(extra, rel=1e-9)
+    assert gflop["fast"] < gflop["cached"]
+    assert inference["fast"]["0"]["gflop"] < inference["cached"]["0"]["gflop"]
+    assert results["conv_reference"]["gflop"] * 1e9 == pytest.approx(2 * 16 * 9 * 320 * 32)
+    assert results["input_pipeline"]["images_per_second"] > 0
+    assert "train" not in results
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [("--steps=1,3", "--steps"), ("--output_json=/nonexistent/dir/b.json", "--output_json")],
+)
+def test_bad_flags_exit_with_one_line(flag, message):
+    process = _run("--preset=tiny", flag)
+    assert process.returncode != 0
+    last = process.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last
+
+
+@pytest.mark.slow
+def test_full_tiny_run_with_training_and_memory(tmp_path):
+    output = tmp_path / "bench.json"
+    process = _run("--preset=tiny", "--repeats=1", "--train_repeats=1",
+                   f"--output_json={output}")
+    assert process.returncode == 0, process.stderr[-2000:]
+    results = json.loads(output.read_text())
+    for stage in ("pspnet", "ciss"):
+        probe = results["train"][stage]
+        assert probe["images_per_second"] > 0
+        assert probe["peak_rss_bytes"] >= probe["rss_after_build_bytes"] > 0
+    assert results["train"]["ciss"]["unroll_steps"] == 8
+    assert results["input_pipeline"]["ratio_to_fastest_train_step"] > 0

@@ -1,0 +1,180 @@
+"""The exact inference rewrites equal the plain model (float32 rounding only).
+
+Tolerance: logits within 1e-4 absolute + 1e-4 relative of the plain model's (observed
+differences are ~5e-6 on logits of magnitude ~5); greedy context maps identical.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ciss_tf import config, ops, ppm
+from ciss_tf.fast_inference import (
+    FastCissNet,
+    conv3x3_of_upsampled,
+    fold_batch_norm,
+    pyramid_pool,
+    shifted_interpolation,
+    tap_major,
+)
+
+NUM_CLASSES = 5
+TOLERANCE = dict(rtol=1e-4, atol=1e-4)
+
+
+def _perturb_statistics(model, seed=0):
+    """Random batch-norm statistics and affine parameters, so that folding is exercised."""
+    rng = np.random.default_rng(seed)
+    for variable in model.variables:
+        shape, path = variable.shape, variable.path
+        if "moving_variance" in path:
+            variable.assign(rng.uniform(0.5, 2.0, shape))
+        elif "moving_mean" in path:
+            variable.assign(rng.normal(0.0, 0.5, shape))
+        elif path.endswith("gamma"):
+            variable.assign(rng.uniform(0.5, 1.5, shape))
+        elif path.endswith("beta"):
+            variable.assign(rng.normal(0.0, 0.3, shape))
+
+
+def _tiny(context_mode="learned"):
+    keras.utils.set_random_seed(0)
+    model = config.build_ciss_net(NUM_CLASSES, "tiny", context_mode)
+    model(tf.zeros([1, 33, 33, 3]), num_steps=1)
+    _perturb_statistics(model)
+    if model.context_net is not None:
+        # Random weights keep almost nothing; centre the policy so both actions occur.
+        model.context_net.policy_head.bias.assign([0.0, 0.3])
+    return model
+
+
+def _images(batch=2, height=67, width=75, seed=0):
+    return tf.random.stateless_normal([batch, height, width, 3], seed=[seed, 1]) * 50.0
+
+
+def test_fold_batch_norm_hand_values_and_keras_equivalence():
+    kernel, bias = fold_batch_norm(
+        np.full([1, 1, 1, 1], 2.0), gamma=[3.0], beta=[1.0], mean=[0.5], variance=[4.0],
+        epsilon=0.0,
+    )
+    # s = 3 / sqrt(4) = 1.5: kernel 2 * 1.5 = 3, bias 1 - 0.5 * 1.5 = 0.25.
+    np.testing.assert_allclose(kernel.ravel(), [3.0])
+    np.testing.assert_allclose(bias, [0.25])
+
+    conv = keras.layers.Conv2D(6, 3, padding="same", use_bias=False)
+    norm = keras.layers.BatchNormalization(epsilon=1e-5)
+    x = tf.random.stateless_normal([2, 7, 7, 4], seed=[1, 2])
+    norm(conv(x))
+    rng = np.random.default_rng(1)
+    norm.moving_mean.assign(rng.normal(size=6))
+    norm.moving_variance.assign(rng.uniform(0.1, 3.0, 6))
+    norm.gamma.assign(rng.normal(size=6))
+    norm.beta.assign(rng.normal(size=6))
+    kernel, bias = fold_batch_norm(
+        conv.kernel.numpy(), norm.gamma.numpy(), norm.beta.numpy(), norm.moving_mean.numpy(),
+        norm.moving_variance.numpy(), norm.epsilon,
+    )
+    folded = tf.nn.conv2d(x, kernel.astype(np.float32), 1, "SAME") + bias.astype(np.float32)
+    np.testing.assert_allclose(folded, norm(conv(x), training=False), rtol=1e-5, atol=1e-5)
+
+
+def test_shifted_interpolation_hand_values():
+    # 2 -> 3 with corners aligned: rows [1, 0], [.5, .5], [0, 1]; tap d reads row y + d - 1.
+    shifted = shifted_interpolation(2, 3).numpy()
+    np.testing.assert_allclose(shifted[1], [[1, 0], [0.5, 0.5], [0, 1]])
+    np.testing.assert_allclose(shifted[0], [[0, 0], [1, 0], [0.5, 0.5]])
+    np.testing.assert_allclose(shifted[2], [[0.5, 0.5], [0, 1], [0, 0]])
+
+
+@pytest.mark.parametrize(
+    "grid, size", [((1, 1), (8, 8)), ((2, 3), (13, 17)), ((6, 6), (60, 60)), ((5, 6), (11, 9))]
+)
+def test_conv_of_upsampled_equals_conv_of_resize(grid, size):
+    pooled = tf.random.stateless_normal([2, *grid, 7], seed=[3, 4])
+    kernel = tf.random.stateless_normal([3, 3, 7, 5], seed=[5, 6])
+    expected = tf.nn.conv2d(ops.resize_bilinear(pooled, size), kernel, 1, "SAME")
+    got = conv3x3_of_upsampled(pooled, tap_major(kernel.numpy()), size)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pyramid_pool_hand_values_and_equals_ceil_avg_pool_at_any_size():
+    # 5x5 with 2 bins: kernel 3, one whole cell (rows and columns 0..2): mean 6.
+    x = tf.reshape(tf.range(25, dtype=tf.float32), [1, 5, 5, 1])
+    np.testing.assert_allclose(pyramid_pool(x, (2,))[0][0, :, :, 0], [[6.0]])
+    pool = tf.function(
+        lambda t: pyramid_pool(t, (1, 2, 3, 6)),
+        input_signature=[tf.TensorSpec([None, None, None, 3])],
+    )
+    for height, width in ((60, 60), (61, 67), (13, 8)):
+        y = tf.random.stateless_normal([2, height, width, 3], seed=[height, width])
+        for bins, got in zip((1, 2, 3, 6), pool(y), strict=True):
+            np.testing.assert_allclose(got, ppm.ceil_avg_pool(y, bins), rtol=1e-5, atol=1e-5)
+
+
+def test_folded_feature_net_equals_feature_net():
+    model = _tiny()
+    fast = FastCissNet(model)
+    images = _images()
+    _, x = model.feature_net(images, training=False)
+    res5, pooled = fast.res5_and_pyramid(images)
+    res5_channels = res5.shape[-1]
+    np.testing.assert_allclose(res5, x[..., :res5_channels], **TOLERANCE)
+    # X's pyramid channels are the upsampled pooled branches, in the order 6, 3, 2, 1.
+    upsampled = [ops.resize_bilinear(p, ops.spatial_size(res5)) for p in pooled[::-1]]
+    np.testing.assert_allclose(tf.concat(upsampled, -1), x[..., res5_channels:], **TOLERANCE)
+
+
+def test_fused_x_conv_equals_the_three_plain_x_convs():
+    model = _tiny()
+    fast = FastCissNet(model)
+    images = _images()
+    x = model.features(images)
+    expected = tf.concat([
+        model.base_net.conv(x),
+        model.bias_net.trunk.project_features(x),
+        model.context_net.trunk.project_features(x),
+    ], axis=-1)
+    res5, pooled = fast.res5_and_pyramid(images)
+    np.testing.assert_allclose(fast._conv_x(res5, pooled, fast.fused_x_kernels), expected,
+                               **TOLERANCE)
+    np.testing.assert_allclose(
+        fast._conv_x(res5, pooled, fast.base_x_kernels), expected[..., : model.channels],
+        **TOLERANCE,
+    )
+
+
+@pytest.mark.parametrize("context_mode", ["learned", "pmap", "none"])
+def test_fast_unroll_equals_plain_model_at_every_step(context_mode):
+    model = _tiny(context_mode)
+    fast = tf.function(FastCissNet(model), autograph=False)
+    images = _images()
+    plain = model(images, training=False, num_steps=3, cache_features=False)
+    got = fast(images, num_steps=3)
+    assert got["logits"].shape == plain["logits"].shape
+    for t in range(4):
+        np.testing.assert_allclose(got["logits"][t], plain["logits"][t], **TOLERANCE)
+    np.testing.assert_array_equal(got["context"], plain["context"])
+    kept = float(tf.reduce_mean(tf.cast(plain["context"] > 0, tf.float32)))
+    if context_mode == "learned":
+        assert 0.05 < kept < 0.95  # both actions occur, so the policy path is compared
+    assert fast(images, num_steps=0)["context"].shape == (0, 2, 9, 10)
+
+
+def test_fast_net_takes_any_size_and_survives_a_saved_model_round_trip(tmp_path):
+    model = _tiny()
+    fast = FastCissNet(model)
+    fast.serve = tf.function(
+        lambda images: fast.predict_labels(images, num_steps=2),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
+        autograph=False,
+    )
+    tf.saved_model.save(fast, str(tmp_path))
+    loaded = tf.saved_model.load(str(tmp_path))
+    for height, width in ((49, 61), (64, 64)):
+        images = _images(1, height, width, seed=height)
+        expected = model.predict_labels(images, num_steps=2)
+        labels = loaded.serve(images)
+        assert labels.shape == (1, height, width)
+        # Labels may differ only where two classes' logits tie within float rounding.
+        assert float(tf.reduce_mean(tf.cast(labels == expected, tf.float32))) > 0.999
