@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 from ciss_tf import cityscapes_eval, inference, metrics
 from ciss_tf.data import datasets, input_pipeline, tfrecord
@@ -347,22 +347,9 @@ def evaluate_from_flags():
     return report
 
 
-def main(argv):
-    """Runs the tool; bad input exits with one line on stderr."""
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}")
-    try:
-        evaluate_from_flags()
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
-    except tf.errors.OpError as error:
-        sys.exit(f"error: {error.message.strip().splitlines()[0]}")
-
-
 def run():
     """Console entry point."""
-    define_flags()
-    app.run(main, flags_parser=inference.parse_flags)
+    inference.run_tool(define_flags, evaluate_from_flags)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,10 @@ message names the problem.
 
 import os
 import shutil
-import sys
 import time
 
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 from ciss_tf import checkpoints, fast_inference, inference
 from ciss_tf.data import datasets, input_pipeline
@@ -231,20 +230,9 @@ def export_from_flags():
     return target
 
 
-def main(argv):
-    """Runs the tool; bad input exits with one line on stderr."""
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}")
-    try:
-        export_from_flags()
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
-
-
 def run():
     """Console entry point."""
-    define_flags()
-    app.run(main, flags_parser=inference.parse_flags)
+    inference.run_tool(define_flags, export_from_flags)
 
 
 if __name__ == "__main__":

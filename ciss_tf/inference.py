@@ -27,10 +27,11 @@ experiment's flagfile (which also holds training flags).
 """
 
 import math
+import sys
 
 import numpy as np
 import tensorflow as tf
-from absl import flags
+from absl import app, flags
 
 from ciss_tf import checkpoints, config, ops
 from ciss_tf.model import CissNet
@@ -343,3 +344,25 @@ def _is_defined(arg, flag_values):
         return True
     name = arg.lstrip("-").split("=", 1)[0]
     return name in flag_values or (name.startswith("no") and name[2:] in flag_values)
+
+
+def run_tool(define_flags, body):
+    """Runs an inference tool: its flags, `body()`, and one `error:` line on bad input.
+
+    Args:
+      define_flags: defines the tool's flags (not done at import, see `evaluate`).
+      body: the tool itself, reading the parsed flags.
+    """
+
+    def main(argv):
+        if len(argv) > 1:
+            sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}")
+        try:
+            body()
+        except (ValueError, OSError) as error:
+            sys.exit(f"error: {error}")
+        except tf.errors.OpError as error:
+            sys.exit(f"error: {error.message.strip().splitlines()[0]}")
+
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

@@ -20,12 +20,11 @@ written.
 """
 
 import os
-import sys
 
 import cv2
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import flags, logging
 
 from ciss_tf import inference
 from ciss_tf.data import datasets, input_pipeline
@@ -180,20 +179,9 @@ def predict_from_flags():
     return written
 
 
-def main(argv):
-    """Runs the tool; bad input exits with one line on stderr."""
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}")
-    try:
-        predict_from_flags()
-    except (ValueError, OSError) as error:
-        sys.exit(f"error: {error}")
-
-
 def run():
     """Console entry point."""
-    define_flags()
-    app.run(main, flags_parser=inference.parse_flags)
+    inference.run_tool(define_flags, predict_from_flags)
 
 
 if __name__ == "__main__":
