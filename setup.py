@@ -23,7 +23,7 @@ setuptools.setup(
         # tensorflow-datasets imports it on every Python but declares it only for < 3.9.
         "importlib_resources==7.1.0",
     ],
-    extras_require={"test": ["pytest==9.2.0", "ruff==0.17.6"]},
+    extras_require={"test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.17.6"]},
     entry_points={
         "console_scripts": [
             "ciss-train=ciss_tf.train:run",

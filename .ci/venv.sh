@@ -5,7 +5,7 @@ command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import ciss_tf, pytest, ruff" 2>/dev/null \
+if ! .venv/bin/python -c "import ciss_tf, pytest, ruff, xdist" 2>/dev/null \
     || [ setup.py -nt .venv/.installed ]; then
   echo "Installing ciss_tf and its dependencies into .venv (first run: a few minutes)..."
   .venv/bin/pip install --quiet --upgrade pip
