@@ -65,21 +65,25 @@ class FeatureNet(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="ciss_tf")
 class SegmentationHead(keras.layers.Layer):
-    """3x3 conv + batch norm + ReLU + dropout + 1x1 classifier (PSPNet's conv5_4/conv6).
+    """3x3 conv (no bias) + norm + ReLU + dropout + 1x1 classifier (with bias).
+
+    PSPNet's conv5_4/conv6 with batch norm; with GroupNorm, CiSS-Net's Base Net.
 
     Args:
       num_classes: output channels.
       channels: width of the 3x3 conv (512 for the main head, 256 for the auxiliary one).
       dropout: dropout rate before the classifier.
+      norm: "batch" (layer `bn`) or "group" (layer `gn`, 16 channels per group).
     """
 
-    def __init__(self, num_classes, channels=512, dropout=0.1, **kwargs):
+    def __init__(self, num_classes, channels=512, dropout=0.1, norm="batch", **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.channels = channels
         self.dropout = dropout
+        self.norm_type = norm
         self.conv = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv")
-        self.norm = make_norm("batch", channels, name="bn")
+        self.norm = make_norm(norm, channels, name="bn" if norm == "batch" else "gn")
         self.drop = keras.layers.Dropout(dropout, name="dropout")
         self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier")
 
@@ -89,7 +93,10 @@ class SegmentationHead(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_classes=self.num_classes, channels=self.channels, dropout=self.dropout)
+        config.update(
+            num_classes=self.num_classes, channels=self.channels, dropout=self.dropout,
+            norm=self.norm_type,
+        )
         return config
 
 

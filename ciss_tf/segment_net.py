@@ -11,13 +11,16 @@ the Base Net's logits before the softmax.
 import keras
 import tensorflow as tf
 
-from ciss_tf.ppm import PyramidPooling, make_norm
+from ciss_tf.ppm import PyramidPooling
+from ciss_tf.pspnet import SegmentationHead
 from ciss_tf.trunk import ContextTrunk
 
 
 @keras.saving.register_keras_serializable(package="ciss_tf")
-class BaseNet(keras.layers.Layer):
+class BaseNet(SegmentationHead):
     """3x3 conv (no bias) + GroupNorm + ReLU + dropout + 1x1 conv to `num_classes` (with bias).
+
+    PSPNet's head shape with GroupNorm (16 channels per group), as the paper specifies.
 
     Args:
       num_classes: number of classes `Nc`.
@@ -26,23 +29,8 @@ class BaseNet(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, channels=512, dropout=0.1, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.channels = channels
-        self.dropout = dropout
-        self.conv = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv")
-        self.norm = make_norm("group", channels, name="gn")
-        self.drop = keras.layers.Dropout(dropout, name="dropout")
-        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier")
-
-    def call(self, features, training=False):
-        x = tf.nn.relu(self.norm(self.conv(features)))
-        return self.classifier(self.drop(x, training=training))
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(num_classes=self.num_classes, channels=self.channels, dropout=self.dropout)
-        return config
+        kwargs.pop("norm", None)  # from get_config: always GroupNorm here
+        super().__init__(num_classes, channels, dropout, norm="group", **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="ciss_tf")

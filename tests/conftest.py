@@ -28,3 +28,13 @@ def varied_tiny_net(num_classes):
         mean = tf.reduce_mean(net(probe, num_steps=1)[output][0], axis=[0, 1, 2])
         bias.assign(bias - mean)
     return net
+
+
+def cli_error_line(result):
+    """The `error: ...` line of a failed CLI run given as (returncode, stdout, stderr)."""
+    returncode, _, stderr = result
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert returncode != 0
+    assert "Traceback" not in stderr
+    assert lines[-1].startswith("error: "), stderr
+    return lines[-1]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
-from conftest import varied_tiny_net
+from conftest import cli_error_line, varied_tiny_net
 
 from ciss_tf import checkpoints, cityscapes_eval, config, evaluate, inference
 from ciss_tf.data import input_pipeline, synthetic, tfrecord
@@ -203,15 +203,6 @@ def _finish(process):
     return process.returncode, stdout, stderr
 
 
-def _error_line(result):
-    returncode, _, stderr = result
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert returncode != 0
-    assert "Traceback" not in stderr
-    assert lines[-1].startswith("error: "), stderr
-    return lines[-1]
-
-
 def test_cli_writes_contract_json_and_reports_bad_input(net, data_dir, tmp_path):
     prefix = checkpoints.save_model(net, str(tmp_path / "ckpt" / "ckpt-3"))
     flagfile = tmp_path / "experiment.flags"
@@ -250,9 +241,9 @@ def test_cli_writes_contract_json_and_reports_bad_input(net, data_dir, tmp_path)
     assert report["class_names"] == list(synthetic.CLASS_NAMES)
     assert "balloon" in ok[1] and "mIoU" in ok[1]
 
-    assert str(tmp_path / "nowhere") in _error_line(missing)
+    assert str(tmp_path / "nowhere") in cli_error_line(missing)
     assert not (tmp_path / "nowhere.json").exists()
-    assert "--eval_steps" in _error_line(bad_steps)
+    assert "--eval_steps" in cli_error_line(bad_steps)
 
 
 def test_our_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import varied_tiny_net
+from conftest import cli_error_line, varied_tiny_net
 
 from ciss_tf import checkpoints
 from ciss_tf.data import input_pipeline, synthetic
@@ -65,15 +65,6 @@ def _start(args):
 def _finish(process):
     stdout, stderr = process.communicate(timeout=600)
     return process.returncode, stdout, stderr
-
-
-def _error_line(result):
-    returncode, _, stderr = result
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert returncode != 0
-    assert "Traceback" not in stderr
-    assert lines[-1].startswith("error: "), stderr
-    return lines[-1]
 
 
 def _reference(net, images):
@@ -165,6 +156,6 @@ def test_saved_model_cli_lists_both_signatures(exported):
 
 def test_existing_version_and_missing_checkpoint_are_refused(exported):
     folder, export_dir, _, _, results = exported
-    assert str(export_dir / "7") in _error_line(results["again"])
-    assert str(folder / "nowhere") in _error_line(results["missing"])
+    assert str(export_dir / "7") in cli_error_line(results["again"])
+    assert str(folder / "nowhere") in cli_error_line(results["missing"])
     assert not (folder / "other").exists()
