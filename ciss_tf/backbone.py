@@ -9,8 +9,10 @@ Layout, as in the official PSPNet and the CiSS-Net feature net (SPEC.md section 
   from Keras ImageNet weights (`ciss_tf.imagenet`) and therefore also takes Keras's batch
   norm epsilon, 1.001e-5, everywhere;
 * res2..res5 of bottleneck blocks (1x1 reduce, 3x3, 1x1 increase, expansion 4);
-* res3 downsamples with stride 2 on its first 1x1 conv and projection (caffe ResNet v1),
-  res4 and res5 keep the resolution and dilate their 3x3 convs by 2 and 4.
+* res3 downsamples with stride 2 on its first 1x1 conv and projection (caffe ResNet v1,
+  the official PSPNet-50), or with `stride_on="3x3"` on its first 3x3 conv and projection
+  (the official PSPNet-101 models, Cityscapes and VOC); res4 and res5 keep the resolution
+  and dilate their 3x3 convs by 2 and 4.
 
 Every conv is followed by batch norm (epsilon 1e-5 with the deep stem); convs carry no bias.
 Padding is explicit and symmetric so that weights converted from caffe give the same outputs.
@@ -25,6 +27,7 @@ from ciss_tf.ppm import make_norm
 
 EXPANSION = 4
 STEMS = ("deep", "resnet")
+STRIDE_ON = ("1x1", "3x3")  # where a downsampling block puts its stride (besides the projection)
 KERAS_BN_EPSILON = 1.001e-5  # keras.applications ResNet v1
 _STAGE_STRIDES = (1, 2, 1, 1)
 _STAGE_DILATIONS = (1, 1, 2, 4)
@@ -55,12 +58,15 @@ class _ConvBN(keras.layers.Layer):
 
 
 class _Bottleneck(keras.layers.Layer):
-    """ResNet v1 bottleneck; the stride sits on the first 1x1 conv (caffe convention)."""
+    """ResNet v1 bottleneck; the stride sits on the first 1x1 conv or on the 3x3 conv."""
 
-    def __init__(self, width, stride, dilation, project, epsilon, **kwargs):
+    def __init__(self, width, stride, dilation, project, epsilon, stride_on="1x1", **kwargs):
         super().__init__(**kwargs)
-        self.reduce = _ConvBN(width, 1, stride=stride, epsilon=epsilon, name="1x1_reduce")
-        self.conv3x3 = _ConvBN(width, 3, dilation=dilation, epsilon=epsilon, name="3x3")
+        reduce_stride, conv3x3_stride = (stride, 1) if stride_on == "1x1" else (1, stride)
+        self.reduce = _ConvBN(width, 1, stride=reduce_stride, epsilon=epsilon, name="1x1_reduce")
+        self.conv3x3 = _ConvBN(
+            width, 3, stride=conv3x3_stride, dilation=dilation, epsilon=epsilon, name="3x3"
+        )
         self.increase = _ConvBN(
             width * EXPANSION, 1, relu=False, epsilon=epsilon, name="1x1_increase"
         )
@@ -95,6 +101,9 @@ class DilatedResNet(keras.layers.Layer):
       stem: "deep" (three 3x3 convs, PSPNet) or "resnet" (one 7x7 conv, ImageNet ResNet v1).
       freeze_bn: run every batch norm in inference mode and keep its statistics fixed, as
         the CiSS-Net feature net does (and PSPNet fine-tuning with small batches may).
+      stride_on: "1x1" (caffe ResNet v1, PSPNet-50) or "3x3" (the official PSPNet-101
+        models): the conv of res3's first block that strides, besides the projection. Both
+        give the same shapes and variables.
 
     Example:
       >>> net = DilatedResNet(depths=(1, 1, 1, 1), width=8, stem_widths=(8, 8, 16))
@@ -103,10 +112,13 @@ class DilatedResNet(keras.layers.Layer):
     """
 
     def __init__(self, depths=(3, 4, 6, 3), width=64, stem_widths=(64, 64, 128),
-                 freeze_bn=False, stem="deep", **kwargs):
+                 freeze_bn=False, stem="deep", stride_on="1x1", **kwargs):
         super().__init__(**kwargs)
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
+        if stride_on not in STRIDE_ON:
+            raise ValueError(f"stride_on must be one of {STRIDE_ON}, got {stride_on!r}")
+        self.stride_on = stride_on
         self.depths = tuple(depths)
         self.width = width
         self.stem_widths = tuple(stem_widths)
@@ -132,6 +144,7 @@ class DilatedResNet(keras.layers.Layer):
                     dilation=_STAGE_DILATIONS[stage],
                     project=block == 0,
                     epsilon=epsilon,
+                    stride_on=stride_on,
                     name=f"conv{stage + 2}_{block + 1}",
                 )
                 for block in range(depth)
@@ -162,6 +175,6 @@ class DilatedResNet(keras.layers.Layer):
         config = super().get_config()
         config.update(
             depths=self.depths, width=self.width, stem_widths=self.stem_widths,
-            freeze_bn=self.freeze_bn, stem=self.stem_type,
+            freeze_bn=self.freeze_bn, stem=self.stem_type, stride_on=self.stride_on,
         )
         return config

@@ -4,7 +4,8 @@ A preset fixes the shape of the network; the dataset fixes the number of classes
 paper presets match SPEC.md: dilated ResNet-50 (ADE20K, Pascal Context) or ResNet-101
 (Cityscapes), PPM of 4 x 512 channels, Base/Bias/Context Nets 512 wide, pyramid branches of
 256 (context-map encoder) and 64 (p-map encoder). `tiny` keeps the same architecture with a
-few narrow blocks so that it trains on a CPU in minutes.
+few narrow blocks so that it trains on a CPU in minutes; `small` (1.5M parameters) is
+sized to train from scratch on CamVid on a CPU in about an hour.
 """
 
 import dataclasses
@@ -27,18 +28,23 @@ class Preset:
     channels: int
     bias_branch_channels: int
     context_branch_channels: int
+    # The conv of res3_1 that strides: caffe ResNet v1 (PSPNet-50) puts it on the 1x1
+    # reduce, the official PSPNet-101 models on the 3x3 (their prototxts; the authors' TF
+    # code strides the 1x1 for both, so its ResNet-101 features differ from caffe's).
+    stride_on: str = "1x1"
 
     def feature_net(self, stem="deep"):
         """`FeatureNet` keyword arguments, with the given backbone stem."""
         return dict(
             depths=self.depths, width=self.width, stem_widths=self.stem_widths,
-            ppm_channels=self.ppm_channels, stem=stem,
+            ppm_channels=self.ppm_channels, stem=stem, stride_on=self.stride_on,
         )
 
 
 PRESETS = {
     "resnet50": Preset((3, 4, 6, 3), 64, (64, 64, 128), 512, 512, 256, 64),
-    "resnet101": Preset((3, 4, 23, 3), 64, (64, 64, 128), 512, 512, 256, 64),
+    "resnet101": Preset((3, 4, 23, 3), 64, (64, 64, 128), 512, 512, 256, 64, "3x3"),
+    "small": Preset((2, 2, 2, 2), 16, (16, 16, 32), 64, 64, 32, 16),
     "tiny": Preset((1, 1, 1, 1), 8, (8, 8, 16), 16, 32, 16, 16),
 }
 

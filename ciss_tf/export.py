@@ -19,7 +19,8 @@ fixed at export time):
 Both return `labels` int32 `[B, H, W]` (class ids at step T), `context` int32 `[B, H, W]`
 (the last context map, fed to step T, upsampled nearest; 0 = uncertain, k = class k - 1
 kept; all 0 when T = 0) and `probabilities` float32 `[B, H, W, Nc]` (softmax at step T).
-Normalisation and resizing live inside the graph. A request with a wrong dtype or rank
+Normalisation and resizing live inside the graph (`--input_scale` resizes the image before
+the network, for models trained at a reduced resolution). A request with a wrong dtype or rank
 fails at the signature; wrong channel counts, empty batches or images, images above the
 size limit, undecodable bytes and mixed sizes fail with an `InvalidArgumentError` whose
 message names the problem.
@@ -50,6 +51,7 @@ def define_flags():
     flags.DEFINE_integer(
         "max_image_size", DEFAULT_MAX_IMAGE_SIZE, "Largest height and width accepted."
     )
+    inference.define_input_scale_flag()
     flags.DEFINE_bool(
         "fast", True,
         "Serve the exact inference-time rewrite (ciss_tf.fast_inference); --nofast serves "
@@ -66,12 +68,16 @@ class ServingModule(tf.Module):
       max_image_size: largest height and width accepted.
       fast: run `fast_inference.FastCissNet` (the same greedy outputs up to float32
         rounding, fewer FLOPs) instead of the model itself.
+      input_scale: images are resized by this factor before the network (the outputs
+        still have the request's size).
     """
 
-    def __init__(self, model, num_steps, max_image_size=DEFAULT_MAX_IMAGE_SIZE, fast=True):
+    def __init__(self, model, num_steps, max_image_size=DEFAULT_MAX_IMAGE_SIZE, fast=True,
+                 input_scale=1.0):
         super().__init__(name="ciss_serving")
         self.num_steps = num_steps
         self.max_image_size = max_image_size
+        self.input_scale = input_scale
         # The networks live in a closure, out of TensorFlow's object graph: Keras 3 layers
         # hide the sub-layers they keep in lists from it, and a tracked Keras model would be
         # saved with a traced signature of its own (slow, unused). `signatures` tracks the
@@ -105,7 +111,7 @@ class ServingModule(tf.Module):
         with tf.control_dependencies(checks):
             normalized = input_pipeline.normalize_image(images)
         size = (shape[1], shape[2])
-        logits, context = self._unroll(normalized)
+        logits, context = self._unroll(inference.rescale_images(normalized, self.input_scale))
         logits = inference.upsample_logits(logits[-1], size)
         labels = tf.argmax(logits, axis=-1, output_type=tf.int32)
         if self.num_steps:
@@ -165,7 +171,7 @@ def _decode(data):
 
 
 def export_saved_model(model, export_dir, version, *, num_steps=2,
-                       max_image_size=DEFAULT_MAX_IMAGE_SIZE, fast=True):
+                       max_image_size=DEFAULT_MAX_IMAGE_SIZE, fast=True, input_scale=1.0):
     """Saves `model` as `export_dir/<version>/` with the two serving signatures.
 
     Args:
@@ -175,6 +181,7 @@ def export_saved_model(model, export_dir, version, *, num_steps=2,
       num_steps: T, fixed in the graph.
       max_image_size: largest height and width accepted.
       fast: serve `fast_inference.FastCissNet` (see `ServingModule`).
+      input_scale: resize factor applied to images before the network.
 
     Returns:
       The path of the version folder.
@@ -183,7 +190,7 @@ def export_saved_model(model, export_dir, version, *, num_steps=2,
       ValueError: the version exists already or is negative, or `num_steps` is negative.
     """
     target = _check_settings(export_dir, version, num_steps, max_image_size)
-    module = ServingModule(model, num_steps, max_image_size, fast)
+    module = ServingModule(model, num_steps, max_image_size, fast, input_scale)
     os.makedirs(export_dir, exist_ok=True)
     # TF Serving loads only folders named by an integer: this one is invisible to it.
     temporary = os.path.join(export_dir, f".incomplete-{version}-{os.getpid()}")
@@ -223,7 +230,7 @@ def export_from_flags():
     model, _ = inference.load_model(info.num_classes, path)
     target = export_saved_model(
         model, FLAGS.export_dir, version, num_steps=FLAGS.num_steps,
-        max_image_size=FLAGS.max_image_size, fast=FLAGS.fast,
+        max_image_size=FLAGS.max_image_size, fast=FLAGS.fast, input_scale=FLAGS.input_scale,
     )
     logging.info("Exported %s (T = %d) to %s", path, FLAGS.num_steps, target)
     print(target)

@@ -87,6 +87,28 @@ def scaled_size(size, scale):
     return tuple(max(1, math.floor(s * scale + 0.5)) for s in size)
 
 
+def rescale_images(images, scale):
+    """`images` `[B, H, W, C]` resized by `scale` (sizes as `scaled_size`; any shape)."""
+    if scale == 1.0:
+        return images
+    size = tf.cast(tf.shape(images)[1:3], tf.float64)
+    scaled = tf.maximum(tf.cast(tf.floor(size * scale + 0.5), tf.int32), 1)
+    return ops.resize_bilinear(images, tf.unstack(scaled))
+
+
+def define_input_scale_flag():
+    """`--input_scale` of the tools that run whole images (predict, export)."""
+    flags.DEFINE_float(
+        "input_scale", 1.0,
+        "Resize each image by this factor before the network and the outputs back to the "
+        "image size: the scale the model was trained at (e.g. 0.5 for the CamVid flagfiles).",
+    )
+    flags.register_validator(
+        "input_scale", lambda value: math.isfinite(value) and value > 0,
+        message="--input_scale must be a positive number",
+    )
+
+
 def sliding_windows(size, crop_size, stride_rate=STRIDE_RATE):
     """PSPNet's window grid over an image.
 

@@ -4,7 +4,8 @@ r"""Colour-coded predictions and context maps of images (the paper's Figures 1, 
         --input=photos/ --output_dir=predictions --num_steps=2
 
 `--input` is an image file (PNG, JPEG, BMP or GIF) or a folder of them (not recursive).
-Every image runs whole, at its own size, with greedy actions. For an input `<stem>.<ext>`
+Every image runs whole, at its own size (or resized by `--input_scale`, the scale the model
+was trained at), with greedy actions. For an input `<stem>.<ext>`
 and T = `--num_steps`, `--output_dir` receives PNGs of the input's size:
 
 * `<stem>_pred_t<t>.png`, t = 0..T: the prediction at step t in the dataset's palette.
@@ -40,6 +41,7 @@ def define_flags():
     flags.DEFINE_string("output_dir", None, "Folder of the output PNGs (created if missing).")
     flags.DEFINE_integer("num_steps", 2, "T: context steps unrolled.")
     flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the prediction in the overlay.")
+    inference.define_input_scale_flag()
 
 
 def list_images(path):
@@ -83,15 +85,18 @@ def read_image(path):
         raise ValueError(f"{path}: cannot read it as an image") from None
 
 
-def make_predictor(model, num_steps):
+def make_predictor(model, num_steps, input_scale=1.0):
     """A compiled function: uint8 image `[H, W, 3]` -> (labels `[T+1, H, W]`, context `[T, H, W]`).
 
     `context[t - 1]` is the context map fed to step t, upsampled nearest; 0 = uncertain.
+    The network sees the image resized by `input_scale`; the outputs have its own size.
     """
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def predict(image):
         size = tf.unstack(tf.shape(image)[:2])
-        images = input_pipeline.normalize_image(image)[tf.newaxis]
+        images = inference.rescale_images(
+            input_pipeline.normalize_image(image)[tf.newaxis], input_scale
+        )
         logits, context = inference.unroll(model, images, num_steps)
         labels = tf.stack([
             tf.argmax(inference.upsample_logits(logits[t], size), -1, output_type=tf.int32)[0]
@@ -164,7 +169,7 @@ def predict_from_flags():
         read_image(file)
     model, checkpoint = inference.load_model(info.num_classes, FLAGS.checkpoint)
     logging.info("Predicting %d image(s) with %s", len(files), checkpoint)
-    predict = make_predictor(model, FLAGS.num_steps)
+    predict = make_predictor(model, FLAGS.num_steps, FLAGS.input_scale)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     written = []
     for file in files:

@@ -25,10 +25,12 @@ class FeatureNet(keras.layers.Layer):
       bins: pyramid grid sizes.
       freeze_bn: batch norm in inference mode (always so in CiSS-Net training).
       stem: "deep" or "resnet" (the 7x7 stem that ImageNet weights need; see `DilatedResNet`).
+      stride_on: "1x1" or "3x3", the strided conv of res3 (see `DilatedResNet`).
     """
 
     def __init__(self, depths=(3, 4, 6, 3), width=64, stem_widths=(64, 64, 128),
-                 ppm_channels=512, bins=(1, 2, 3, 6), freeze_bn=False, stem="deep", **kwargs):
+                 ppm_channels=512, bins=(1, 2, 3, 6), freeze_bn=False, stem="deep",
+                 stride_on="1x1", **kwargs):
         super().__init__(**kwargs)
         self.depths = tuple(depths)
         self.width = width
@@ -37,8 +39,10 @@ class FeatureNet(keras.layers.Layer):
         self.bins = tuple(bins)
         self.freeze_bn = freeze_bn
         self.stem = stem
+        self.stride_on = stride_on
         self.backbone = DilatedResNet(
-            depths, width, stem_widths, freeze_bn=freeze_bn, stem=stem, name="backbone"
+            depths, width, stem_widths, freeze_bn=freeze_bn, stem=stem, stride_on=stride_on,
+            name="backbone",
         )
         self.ppm = PyramidPooling(ppm_channels, bins, norm="batch", name="ppm")
 
@@ -58,7 +62,7 @@ class FeatureNet(keras.layers.Layer):
         config.update(
             depths=self.depths, width=self.width, stem_widths=self.stem_widths,
             ppm_channels=self.ppm_channels, bins=self.bins, freeze_bn=self.freeze_bn,
-            stem=self.stem,
+            stem=self.stem, stride_on=self.stride_on,
         )
         return config
 

@@ -54,8 +54,17 @@ flags.DEFINE_float(
     "context_learning_rate", 2e-4, "Learning rate of the Bias Net and the Context Net."
 )
 flags.DEFINE_float("lr_power", 0.9, "Poly decay power.")
+flags.DEFINE_enum(
+    "optimizer", "sgd", ["sgd", "adamw"],
+    "sgd: SGD with momentum and L2 decay in the loss (the paper). adamw: AdamW with decoupled "
+    "decay, for training from scratch on small data; one learning-rate group only "
+    "(--stage=pspnet), since Adam ignores the gradient multipliers that make the groups.",
+)
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-flags.DEFINE_float("weight_decay", 1e-4, "L2 weight decay on conv kernels.")
+flags.DEFINE_float(
+    "weight_decay", 1e-4,
+    "Decay of the conv kernels: L2 term wd/2 |w|^2 in the loss (sgd), or decoupled (adamw).",
+)
 flags.DEFINE_integer("unroll_steps", 8, "T: context steps unrolled per episode.")
 flags.DEFINE_float("gamma", 0.9, "Discount factor of the returns (Eq. 5).")
 flags.DEFINE_float("lambda1", 1.0, "Weight of the segmentation loss (Eq. 7).")
@@ -137,10 +146,25 @@ def split_variables(model, stage):
     return variables, [1.0 if id(v) in base else ratio for v in variables]
 
 
+def _is_kernel(variable):
+    return "kernel" in variable.path
+
+
+def make_optimizer(schedule, variables):
+    """`--optimizer` on `schedule`; AdamW decays the conv kernels only, like the L2 term."""
+    if FLAGS.optimizer == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
+    if FLAGS.stage != "pspnet":
+        raise ValueError("--optimizer=adamw needs --stage=pspnet (one learning-rate group)")
+    optimizer = keras.optimizers.AdamW(schedule, weight_decay=FLAGS.weight_decay)
+    optimizer.exclude_from_weight_decay(var_list=[v for v in variables if not _is_kernel(v)])
+    return optimizer
+
+
 def weight_decay_loss(variables):
-    """`wd / 2 * sum |kernel|^2`, the caffe weight decay, on conv kernels only."""
-    kernels = [v for v in variables if "kernel" in v.path]
-    if not kernels or not FLAGS.weight_decay:
+    """`wd / 2 * sum |kernel|^2`, the caffe weight decay, on conv kernels only (SGD)."""
+    kernels = [v for v in variables if _is_kernel(v)]
+    if not kernels or not FLAGS.weight_decay or FLAGS.optimizer != "sgd":
         return tf.constant(0.0)
     return 0.5 * FLAGS.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in kernels])
 
@@ -166,10 +190,10 @@ class Trainer:
                 FLAGS.base_learning_rate, FLAGS.max_steps, 0.0, power=FLAGS.lr_power
             )
             self.schedule = schedule
-            optimizer = keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
+            self.variables, self.multipliers = split_variables(self.model, self.stage)
+            optimizer = make_optimizer(schedule, self.variables)
             if FLAGS.mixed_precision == "mixed_float16":
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            self.variables, self.multipliers = split_variables(self.model, self.stage)
             optimizer.build(self.variables)
             self.optimizer = optimizer
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

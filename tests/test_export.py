@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from conftest import cli_error_line, varied_tiny_net
 
-from ciss_tf import checkpoints
+from ciss_tf import checkpoints, export, predict
 from ciss_tf.data import input_pipeline, synthetic
 
 # Run in a fresh process: nothing of the exporter's Python objects is available there.
@@ -106,6 +106,8 @@ def exported(tmp_path_factory):
         "again": _start([*export, f"--checkpoint={prefix}", f"--export_dir={export_dir}"]),
         "missing": _start([*export, f"--checkpoint={folder / 'nowhere'}",
                            f"--export_dir={folder / 'other'}"]),
+        "scale": _start([*export, f"--checkpoint={prefix}", f"--export_dir={folder / 'other'}",
+                         "--input_scale=0"]),
     }
     reference = {key: _reference(net, images) for key, images in inputs.items()}
     results = {name: _finish(run) for name, run in runs.items()}
@@ -158,4 +160,27 @@ def test_existing_version_and_missing_checkpoint_are_refused(exported):
     folder, export_dir, _, _, results = exported
     assert str(export_dir / "7") in cli_error_line(results["again"])
     assert str(folder / "nowhere") in cli_error_line(results["missing"])
+    assert "--input_scale must be a positive number" in cli_error_line(results["scale"])
     assert not (folder / "other").exists()
+
+
+def test_input_scale_runs_the_network_on_the_resized_image_and_answers_at_full_size():
+    net = _net()
+    images = np.random.default_rng(1).integers(0, 256, (1, 37, 53, 3), dtype=np.uint8)
+    # 37 x 53 at scale 0.5, rounded half up: 19 x 27.
+    small = tf.compat.v1.image.resize_bilinear(
+        input_pipeline.normalize_image(images), (19, 27), align_corners=True
+    )
+    outputs = net(small, num_steps=2)
+    logits = tf.compat.v1.image.resize_bilinear(outputs["logits"][2], (37, 53),
+                                                align_corners=True)
+    expected = np.argmax(logits, -1)
+    assert len(np.unique(expected)) >= 3
+
+    served = export.ServingModule(net, 2, fast=False, input_scale=0.5).segment(
+        tf.constant(images)
+    )
+    np.testing.assert_array_equal(served["labels"], expected)
+    labels, context = predict.make_predictor(net, 2, input_scale=0.5)(tf.constant(images[0]))
+    np.testing.assert_array_equal(labels[2], expected[0])
+    np.testing.assert_array_equal(context[1], served["context"][0])

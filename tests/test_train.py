@@ -12,8 +12,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl.testing import flagsaver
 
-from ciss_tf import checkpoints, config
+from ciss_tf import checkpoints, config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
@@ -165,6 +166,25 @@ def test_bad_flags_give_one_line(data_dir, tmp_path):
         "--batch_size=3", "--num_cpu_devices=2", check=False,
     )
     assert result.returncode != 0 and "--batch_size=3" in result.stderr.splitlines()[-1]
+
+
+def test_adamw_decays_conv_kernels_only_and_needs_one_learning_rate_group():
+    conv = keras.layers.Conv2D(2, 1, name="conv")
+    norm = keras.layers.BatchNormalization(name="bn")
+    norm(conv(tf.ones([1, 1, 1, 3])))
+    variables = conv.trainable_variables + norm.trainable_variables
+    before = [v.numpy() for v in variables]
+    with flagsaver.flagsaver(optimizer="adamw", stage="pspnet", weight_decay=0.1):
+        optimizer = train.make_optimizer(0.5, variables)
+        # A zero gradient leaves Adam's step at 0: only the decoupled decay moves weights.
+        optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
+    for variable, value in zip(variables, before, strict=True):
+        factor = 1 - 0.5 * 0.1 if "kernel" in variable.path else 1.0
+        np.testing.assert_allclose(variable.numpy(), factor * value, rtol=1e-6,
+                                   err_msg=variable.path)
+    with flagsaver.flagsaver(optimizer="adamw", stage="ciss"):
+        with pytest.raises(ValueError, match="--optimizer=adamw needs --stage=pspnet"):
+            train.make_optimizer(0.5, variables)
 
 
 def _free_port():

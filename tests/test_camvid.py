@@ -1,0 +1,74 @@
+"""The CamVid experiment flagfiles, run for two steps each on a few real images.
+
+Uses `../shared/camvid` (skipped when absent): TFRecords of 4 train and 2 val pairs, stage 1
+(AdamW, `small` preset), stage 2 on its frozen features, and the evaluator at the scale the
+flagfiles train at.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = ROOT.parent / "shared" / "camvid"
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+
+pytestmark = pytest.mark.skipif(not CAMVID.is_dir(), reason=f"{CAMVID} is absent")
+
+
+def _run(module, *args):
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{module} failed:\n{result.stderr[-4000:]}"
+    return result
+
+
+def _subset(target, counts):
+    """A CamVid-layout folder with the first `counts[split]` pairs of each split."""
+    for split, count in counts.items():
+        for folder in (split, f"{split}annot"):
+            (target / folder).mkdir(parents=True)
+            for name in sorted(os.listdir(CAMVID / split))[:count]:
+                shutil.copyfile(CAMVID / folder / name, target / folder / name)
+
+
+def _variables(prefix, start):
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name.startswith(start) and "OPTIMIZER_SLOT" not in name}
+
+
+def test_camvid_flagfiles_train_both_stages_and_evaluate(tmp_path):
+    _subset(tmp_path / "camvid", {"train": 4, "val": 2})
+    data = tmp_path / "records"
+    _run("data_prep.build_tfrecords", "--dataset=camvid", f"--input_dir={tmp_path / 'camvid'}",
+         f"--output_dir={data}")
+    short = [f"--data_dir={data}", "--batch_size=2", "--max_steps=2", "--log_every=1",
+             "--image_summary_every=0"]
+    _run("ciss_tf.train", "--flagfile=experiments/camvid_pspnet.flags", *short,
+         f"--model_dir={tmp_path / 'pspnet'}")
+    _run("ciss_tf.train", "--flagfile=experiments/camvid.flags", *short,
+         f"--model_dir={tmp_path / 'ciss'}", f"--init_checkpoint={tmp_path / 'pspnet'}")
+    out = tmp_path / "eval.json"
+    _run("ciss_tf.evaluate", "--flagfile=experiments/camvid.flags", f"--data_dir={data}",
+         f"--checkpoint={tmp_path / 'ciss'}", "--eval_steps=0,2", "--eval_scales=0.5",
+         f"--output_json={out}")
+
+    # Stage 2 trained on the stage-1 features without changing them.
+    stage1 = _variables(str(tmp_path / "pspnet" / "ckpt-2"), "model/feature_net")
+    stage2 = _variables(str(tmp_path / "ciss" / "ckpt-2"), "model/feature_net")
+    assert len(stage1) > 50 and stage1.keys() == stage2.keys()
+    for name, value in stage1.items():
+        np.testing.assert_array_equal(stage2[name], value, err_msg=name)
+    scores = json.loads(out.read_text())["steps"]
+    assert sorted(scores) == ["0", "2"]
+    for step in scores.values():
+        assert len(step["iou"]) == 11
+        assert 0.0 <= step["miou"] <= 1.0 and 0.0 <= step["pixel_accuracy"] <= 1.0
