@@ -19,7 +19,10 @@ an interrupted run continues where it stopped; delete the folder to start over):
 4. scores every run on the validation split at t = 0..6 (greedy policy) and measures the
    Context Net's gate: the share of pixels kept as context at t = 1, overall and split by
    whether the p-map at t = 1 is right there;
-5. writes `results.json`, a Figure-1 style panel `figure.png` (input, ground truth, then the
+5. exports CiSS-Net as a SavedModel for TF Serving into `export/<step>/` (T = 2) and
+   scores the loaded export on the validation images sent as encoded PNGs, as a client
+   would (`served` in `results.json`);
+6. writes `results.json`, a Figure-1 style panel `figure.png` (input, ground truth, then the
    p-map and the context map at steps 0, 1, 2; uncertain pixels white), TensorBoard scalars
    under `<run>/eval`, and prints the tables.
 
@@ -48,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from ciss_tf import checkpoints, config, inference, metrics, ops, train
+from ciss_tf import checkpoints, config, export, inference, metrics, ops, train
 from ciss_tf.data import datasets, input_pipeline
 
 flags.DEFINE_string("workdir", "runs/demo", "Folder of the data, runs and results.")
@@ -443,12 +446,17 @@ def run_demo(workdir, ablations="default", scale_name="default", seed=0, data_se
         log(f"{run.name}: mIoU " + "  ".join(
             f"t={t} {100 * scores[run.name][str(t)]['miou']:.2f}" for t in TABLE_STEPS))
         if run.name == "ciss":
+            ciss_model = model
             # The hardest images at t = 0, chosen before looking at what context does.
             hardest = set(np.argsort(-np.asarray(step0_errors), kind="stable")[:FIGURE_IMAGES])
             batches = [b for i, b in enumerate(val.unbatch().batch(1)) if i in hardest]
             figure_path = os.path.join(workdir, "figure.png")
             cv2.imwrite(figure_path, figure_panel(unroll, batches, info.palette)[..., ::-1])
 
+    log("exporting CiSS-Net as a SavedModel and scoring it through its serving signature")
+    served = serve_run(ciss_model, os.path.join(workdir, "export"),
+                       _max_steps(stage2_flags, scale.overrides),
+                       input_pipeline.split_file_pattern(data_dir, info.eval_split), info)
     ciss = scores["ciss"]
     headline = str(HEADLINE_STEP)
     results = {
@@ -460,6 +468,7 @@ def run_demo(workdir, ablations="default", scale_name="default", seed=0, data_se
         "gate": gates,
         "runs": scores,
         "figure": figure_path,
+        "served": served,
         "settings": {"scale": scale_name, "seed": seed, "data_seed": data_seed,
                      "image_size": scale.image_size, "num_train": scale.num_train,
                      "num_val": scale.num_val, "class_names": list(info.class_names)},
@@ -474,9 +483,26 @@ def run_demo(workdir, ablations="default", scale_name="default", seed=0, data_se
     with open(path, "w") as f:
         json.dump(results, f, indent=1, allow_nan=True)
     print(format_tables(results, runs))
+    print(f"\nExported CiSS-Net (T = {HEADLINE_STEP}): {served['export']}, scored through "
+          f"serving_bytes: mIoU {100 * served['miou']:.2f}")
     print(f"\nResults: {path}\nFigure: {figure_path}\nTensorBoard: tensorboard --logdir={workdir}"
           f"\nTotal: {results['seconds']:.0f} s")
     return results
+
+
+def serve_run(model, export_dir, version, file_pattern, info):
+    """Exports `model` (T = `HEADLINE_STEP`) unless done, then scores the loaded export.
+
+    Returns:
+      `{"export": version folder, "miou", "pixel_accuracy"}` of the SavedModel fed the
+      encoded validation images, as a TF Serving client would send them.
+    """
+    target = os.path.join(export_dir, str(version))
+    if not os.path.isdir(target):
+        export.export_saved_model(model, export_dir, version, num_steps=HEADLINE_STEP)
+    scores = export.score_export(target, file_pattern, info.num_classes, info.ignore_label)
+    return {"export": target, "miou": scores["miou"],
+            "pixel_accuracy": scores["pixel_accuracy"]}
 
 
 def _max_steps(flagfile, overrides):

@@ -30,11 +30,12 @@ import os
 import shutil
 import time
 
+import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from ciss_tf import checkpoints, fast_inference, inference
-from ciss_tf.data import datasets, input_pipeline
+from ciss_tf import checkpoints, fast_inference, inference, metrics
+from ciss_tf.data import datasets, input_pipeline, tfrecord
 
 DEFAULT_MAX_IMAGE_SIZE = 2048
 FLAGS = flags.FLAGS
@@ -200,6 +201,32 @@ def export_saved_model(model, export_dir, version, *, num_steps=2,
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return target
+
+
+def score_export(version_dir, file_pattern, num_classes, ignore_label=datasets.IGNORE_LABEL):
+    """Scores a SavedModel as a client would: each record's encoded image to `serving_bytes`.
+
+    Args:
+      version_dir: `export_dir/<version>`.
+      file_pattern: TFRecord shards (`input_pipeline.split_file_pattern`).
+      num_classes: Nc.
+      ignore_label: label of unscored pixels.
+
+    Returns:
+      `metrics.segmentation_scores` of the returned `labels` against the records' labels
+      (at the original size), plus `num_images`.
+    """
+    serve = tf.saved_model.load(version_dir).signatures["serving_bytes"]
+    encoded_key = {tfrecord.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)}
+    confusion = np.zeros([num_classes, num_classes], np.int64)
+    count = 0
+    for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(file_pattern))):
+        encoded = tf.io.parse_single_example(record, encoded_key)[tfrecord.IMAGE_ENCODED]
+        labels = tfrecord.parse_example(record)["label"].numpy()
+        predicted = serve(image_bytes=encoded[tf.newaxis])["labels"][0].numpy()
+        confusion += metrics.confusion_matrix(labels, predicted, num_classes, ignore_label)
+        count += 1
+    return {**metrics.segmentation_scores(confusion), "num_images": count}
 
 
 def _check_settings(export_dir, version, num_steps, max_image_size):

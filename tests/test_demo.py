@@ -136,6 +136,12 @@ def test_tiny_demo_end_to_end(tmp_path):
     assert results["kept_fraction"] == results["gate"]["ciss"]["kept"]
     assert results["gate"]["no_context"]["kept"] == 0.0
     assert results["gate"]["baseline_pmap"]["kept"] == 1.0
+    # The export, loaded back and fed encoded PNGs, scores what the in-process model does
+    # (its fast path may flip an argmax tie on a boundary pixel).
+    served = results["served"]
+    assert Path(served["export"]).parent == workdir / "export"
+    assert abs(served["miou"] - ciss["2"]["miou"]) < 0.01
+    assert abs(served["pixel_accuracy"] - ciss["2"]["pixel_accuracy"]) < 0.002
 
     scale = demo.SCALES["test"]
     figure = cv2.imread(str(workdir / "figure.png"))

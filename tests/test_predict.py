@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import varied_tiny_net
+from conftest import cli_error_line, varied_tiny_net
 
 from ciss_tf import checkpoints, predict
 from ciss_tf.data import input_pipeline, synthetic
@@ -49,17 +49,8 @@ def _start(args):
 
 
 def _finish(process):
-    _, stderr = process.communicate(timeout=600)
-    return process.returncode, stderr
-
-
-def _error_line(result):
-    returncode, stderr = result
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert returncode != 0
-    assert "Traceback" not in stderr
-    assert lines[-1].startswith("error: "), stderr
-    return lines[-1]
+    stdout, stderr = process.communicate(timeout=600)
+    return process.returncode, stdout, stderr
 
 
 def _read_rgb(path):
@@ -104,7 +95,7 @@ def test_cli_writes_predictions_context_maps_overlay_and_comparison(tmp_path):
         expected[stem] = (np.argmax(logits, -1), context.numpy())
     ok, missing, bad = (_finish(run) for run in runs)
 
-    assert ok[0] == 0, ok[1]
+    assert ok[0] == 0, ok[2]
     suffixes = ["pred_t0", "pred_t1", "pred_t2", "context_t1", "context_t2", "overlay_t2",
                 "compare"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -132,8 +123,8 @@ def test_cli_writes_predictions_context_maps_overlay_and_comparison(tmp_path):
         np.testing.assert_array_equal(compare[:, 2 * width : 3 * width],
                                       _read_rgb(out / f"{stem}_context_t2.png"))
 
-    assert str(tmp_path / "missing.png") in _error_line(missing)
-    assert str(broken / "c.png") in _error_line(bad)
+    assert str(tmp_path / "missing.png") in cli_error_line(missing)
+    assert str(broken / "c.png") in cli_error_line(bad)
     assert not (tmp_path / "out-3").exists()
 
 
