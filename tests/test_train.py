@@ -174,6 +174,8 @@ def test_adamw_decays_conv_kernels_only_and_needs_one_learning_rate_group():
     norm(conv(tf.ones([1, 1, 1, 3])))
     variables = conv.trainable_variables + norm.trainable_variables
     before = [v.numpy() for v in variables]
+    if not train.FLAGS.is_parsed():  # flag defaults, as a command line without flags gives
+        train.FLAGS.mark_as_parsed()
     with flagsaver.flagsaver(optimizer="adamw", stage="pspnet", weight_decay=0.1):
         optimizer = train.make_optimizer(0.5, variables)
         # A zero gradient leaves Adam's step at 0: only the decoupled decay moves weights.
