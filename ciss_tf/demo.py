@@ -225,9 +225,9 @@ def train_run(name, flagfile, model_dir, args, max_steps):
     log(f"{name}: trained in {time.monotonic() - started:.0f} s")
 
 
-def load_run(model_dir, num_classes, context_mode):
-    """The tiny CiSS-Net of a run, restored from its latest checkpoint."""
-    model = config.build_ciss_net(num_classes, PRESET, context_mode)
+def load_run(model_dir, num_classes, context_mode, preset=PRESET):
+    """The CiSS-Net of a run (tiny preset by default), restored from its latest checkpoint."""
+    model = config.build_ciss_net(num_classes, preset, context_mode)
     model(tf.zeros([1, 32, 32, 3]), training=False, num_steps=1)
     checkpoints.restore_model(model, model_dir)
     return model

@@ -15,10 +15,9 @@ import json
 import os
 
 import cv2
-import tensorflow as tf
 from absl import app, flags
 
-from ciss_tf import checkpoints, config, demo, export, inference, ops
+from ciss_tf import demo, export, inference, ops
 from ciss_tf.data import datasets, input_pipeline
 
 flags.DEFINE_string("runs", "runs/camvid", "Folder of the runs written by camvid.sh.")
@@ -57,9 +56,7 @@ def _scaled(dataset):
 
 def gate_statistics(run, context_mode, info):
     """(gate statistics of `demo.evaluate_run`, greedy unroll) of a learned run on val."""
-    model = config.build_ciss_net(info.num_classes, PRESET, context_mode)
-    model(tf.zeros([1, 32, 32, 3]), training=False, num_steps=1)
-    checkpoints.restore_model(model, os.path.join(FLAGS.runs, run))
+    model = demo.load_run(os.path.join(FLAGS.runs, run), info.num_classes, context_mode, PRESET)
     unroll = demo.greedy_unroll(model)
     _, gate, _ = demo.evaluate_run(unroll, _scaled(_val_dataset(info)), info.num_classes)
     return gate, unroll
