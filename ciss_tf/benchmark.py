@@ -22,6 +22,8 @@ What is measured
   - `fast`: `fast_inference.FastCissNet`, exact rewrites of the trained model (batch norm
     folded, `X`'s pyramid branches and the encoders' branches convolved on their pooled
     grids, the three `X` convs fused).
+  - `winograd`: `fast` with its 3x3 convs of at least `--winograd_min_channels` inputs run
+    by Winograd F(4x4, 3x3) (float32 only: skipped under `--mixed_precision`).
 
   At t = 0 `naive` and `cached` are the same graph (the Base Net alone), timed once. The
   time of one large 3x3 conv (the Base Net's: `h x w x C_X -> 512`, 60x60x4096 -> 512 in
@@ -31,7 +33,10 @@ What is measured
   Each figure is the median of its rounds. The load average before and after is recorded.
 * **FLOPs** of the same graphs, counted by the TF profiler
   (`tf.compat.v1.profiler.profile(..., ProfileOptionBuilder.float_operation())`) on each
-  concrete function's graph, and the achieved GFLOP/s.
+  concrete function's graph, and the achieved GFLOP/s. For `winograd` the count holds its
+  matrix products, not the tile transforms (additions inside XLA-compiled calls, which the
+  profiler does not enter); its rate against the reference conv is therefore taken with
+  the FLOPs of the same computation by direct convs (the `fast` graph's).
 * **Training**: the real `train.Trainer` step (SGD, Eq. 7 or PSPNet's loss, weight decay)
   on one fixed in-memory batch (`--train_batch`, crop = the image size, T =
   `--unroll_steps`), stage 1 (PSPNet) and stage 2 (CiSS-Net), each in its own subprocess:
@@ -48,10 +53,11 @@ What is measured
 path then computes in that dtype); `--jit_compile` applies to the inference functions and,
 as in training, to the replica step. Both flags are the trainer's.
 
-JSON: the top level holds `seconds_t0` (`fast` path, t = 0), `ratio_t2_t0` (`fast`, t = 2
-over t = 0), `ratio_t2_t0_cached`, `ratio_t2_t0_naive` (t = 2 over t = 0 of the model
-with and without the cached `X` halves), the speed-ups at t = 2, the reference conv and
-the details of every section.
+JSON: the top level holds `seconds_t0` and `ratio_t2_t0` (t = 2 over t = 0) of the fastest
+exact path (`winograd`, or `fast` where Winograd does not apply), the same of `fast` alone
+(`seconds_t0_fast`, `ratio_t2_t0_fast`), `ratio_t2_t0_cached`, `ratio_t2_t0_naive` (t = 2
+over t = 0 of the model with and without the cached `X` halves), the speed-ups at t = 2,
+the reference conv and the details of every section.
 """
 
 import contextlib
@@ -74,7 +80,7 @@ from ciss_tf.data import datasets, input_pipeline, synthetic, tfrecord
 from ciss_tf.fast_inference import FastCissNet
 
 FLAGS = flags.FLAGS
-PATHS = ("naive", "cached", "fast")
+PATHS = ("naive", "cached", "fast", "winograd")
 # Benchmark preset -> (network preset, dataset that sets the classes, image side).
 SETTINGS = {
     "paper": ("resnet50", "ade20k", 473),
@@ -108,6 +114,10 @@ def define_flags():
         "sections", ["inference", "train", "pipeline"],
         "What to measure: inference (times and FLOPs), train (step throughput and peak "
         "memory, in subprocesses), pipeline (input pipeline throughput).",
+    )
+    flags.DEFINE_integer(
+        "winograd_min_channels", 512,
+        "The winograd path runs 3x3 convs with at least this many inputs by Winograd.",
     )
     flags.DEFINE_integer("train_batch", 2, "Global batch of the training steps.")
     flags.DEFINE_integer("train_repeats", 2, "Timed training steps (after one warm-up step).")
@@ -203,8 +213,11 @@ def _settings():
     return network, dataset, num_classes, size, steps
 
 
-def _inference_functions(model, fast, steps, jit_compile):
-    """tf.functions by (path, t); t = 0 of `naive` and `cached` is one graph."""
+def _inference_functions(model, fast_nets, steps, jit_compile):
+    """tf.functions by (path, t); t = 0 of `naive` and `cached` is one graph.
+
+    `fast_nets` maps the `FastCissNet` paths (`fast`, `winograd`) to their nets.
+    """
     def compile_(fn):
         return tf.function(fn, jit_compile=jit_compile, autograph=False)
 
@@ -212,14 +225,15 @@ def _inference_functions(model, fast, steps, jit_compile):
         return compile_(lambda images: model(images, training=False, num_steps=t,
                                              cache_features=cache))
 
-    def fast_fn(t):
-        return compile_(lambda images: fast(images, num_steps=t))
+    def fast_fn(net, t):
+        return compile_(lambda images: net(images, num_steps=t))
 
     functions = {}
     for t in steps:
         functions[("naive", t)] = model_fn(t, cache=False)
         functions[("cached", t)] = functions[("naive", t)] if t == 0 else model_fn(t, True)
-        functions[("fast", t)] = fast_fn(t)
+        for path, net in fast_nets.items():
+            functions[(path, t)] = fast_fn(net, t)
     return functions
 
 
@@ -230,8 +244,12 @@ def measure_inference(network, num_classes, size, steps):
     images = tf.random.stateless_normal([FLAGS.batch, *size, 3], seed=[0, 0]) * 50.0
     images = tf.cast(images, model.compute_dtype)
     model(images[:, :33, :33], num_steps=1)
-    fast = FastCissNet(model)
-    functions = _inference_functions(model, fast, steps, FLAGS.jit_compile)
+    fast_nets = {"fast": FastCissNet(model)}
+    if model.compute_dtype == "float32":
+        fast_nets["winograd"] = FastCissNet(
+            model, winograd=True, winograd_min_channels=FLAGS.winograd_min_channels
+        )
+    functions = _inference_functions(model, fast_nets, steps, FLAGS.jit_compile)
 
     # The reference: the Base Net's 3x3 conv over X as one conv, in the same dtype.
     h, w = (feature_size(s) for s in size)
@@ -262,7 +280,7 @@ def measure_inference(network, num_classes, size, steps):
     inputs["conv"] = conv_input
     times = time_round_robin(timed, inputs, FLAGS.repeats, FLAGS.warmup)
 
-    results = {path: {} for path in PATHS}
+    results = {path: {} for path in PATHS if path in fast_nets or path in ("naive", "cached")}
     for (path, t), fn in functions.items():
         key = unique[id(fn)][0]
         results[path][str(t)] = _timing(times[key], flops[key])
@@ -380,17 +398,22 @@ def summarise(inference, reference):
     def seconds(path, t):
         return inference[path][str(t)]["seconds"]
 
-    fast_t0 = inference["fast"]["0"]
+    best = "winograd" if "winograd" in inference else "fast"
+    # The rate of the best path counts the FLOPs of its direct-conv form (see module).
+    direct_rate = inference["fast"]["0"]["gflop"] / seconds(best, 0)
     return {
-        "seconds_t0": seconds("fast", 0),
+        "fastest_path": best,
+        "seconds_t0": seconds(best, 0),
+        "seconds_t0_fast": seconds("fast", 0),
         "seconds_t0_model": seconds("cached", 0),
-        "ratio_t2_t0": seconds("fast", 2) / seconds("fast", 0),
+        "ratio_t2_t0": seconds(best, 2) / seconds(best, 0),
+        "ratio_t2_t0_fast": seconds("fast", 2) / seconds("fast", 0),
         "ratio_t2_t0_cached": seconds("cached", 2) / seconds("cached", 0),
         "ratio_t2_t0_naive": seconds("naive", 2) / seconds("naive", 0),
         "speedup_t2_cached_over_naive": seconds("naive", 2) / seconds("cached", 2),
         "speedup_t2_fast_over_naive": seconds("naive", 2) / seconds("fast", 2),
-        "t0_rate_fraction_of_conv": fast_t0["gflops_per_second"]
-        / reference["gflops_per_second"],
+        "speedup_t2_fastest_over_naive": seconds("naive", 2) / seconds(best, 2),
+        "t0_rate_fraction_of_conv": direct_rate / reference["gflops_per_second"],
         "t0_rate_fraction_of_conv_model": inference["cached"]["0"]["gflops_per_second"]
         / reference["gflops_per_second"],
     }
@@ -408,27 +431,31 @@ def format_table(results):
     inference = results.get("inference")
     if inference:
         steps = list(inference["naive"])
-        lines.append(f"{'path':<8}" + "".join(f"{'t=' + t:>24}" for t in steps))
-        lines.append(f"{'':<8}" + f"{'s / GFLOP / GFLOP/s':>24}" * len(steps))
-        for path in PATHS:
+        lines.append(f"{'path':<9}" + "".join(f"{'t=' + t:>24}" for t in steps))
+        lines.append(f"{'':<9}" + f"{'s / GFLOP / GFLOP/s':>24}" * len(steps))
+        for path in inference:
             cells = "".join(
                 f"{r['seconds']:>8.3f}{r['gflop']:>8.1f}{r['gflops_per_second']:>8.1f}"
                 for r in inference[path].values()
             )
-            lines.append(f"{path:<8}{cells}")
+            lines.append(f"{path:<9}{cells}")
         ref = results["conv_reference"]
         lines.append(
             f"one 3x3 conv {ref['shape']}: {ref['seconds']:.3f} s, {ref['gflop']:.1f} GFLOP, "
             f"{ref['gflops_per_second']:.1f} GFLOP/s"
         )
+        best = results["fastest_path"]
         lines.append(
-            f"t=2 / t=0: fast {results['ratio_t2_t0']:.2f}, cached "
-            f"{results['ratio_t2_t0_cached']:.2f}, naive {results['ratio_t2_t0_naive']:.2f};"
-            f" speed-up at t=2 over naive: cached {results['speedup_t2_cached_over_naive']:.2f}"
-            f"x, fast {results['speedup_t2_fast_over_naive']:.2f}x"
+            f"t=2 / t=0: {best} {results['ratio_t2_t0']:.2f}, fast "
+            f"{results['ratio_t2_t0_fast']:.2f}, cached {results['ratio_t2_t0_cached']:.2f}, "
+            f"naive {results['ratio_t2_t0_naive']:.2f}; speed-up at t=2 over naive: cached "
+            f"{results['speedup_t2_cached_over_naive']:.2f}x, fast "
+            f"{results['speedup_t2_fast_over_naive']:.2f}x, {best} "
+            f"{results['speedup_t2_fastest_over_naive']:.2f}x"
         )
         lines.append(
-            f"t=0 rate / conv rate: fast {results['t0_rate_fraction_of_conv']:.0%}, model "
+            f"t=0 rate / conv rate (direct-conv FLOPs): {best} "
+            f"{results['t0_rate_fraction_of_conv']:.0%}, model "
             f"{results['t0_rate_fraction_of_conv_model']:.0%}"
         )
     for stage, r in results.get("train", {}).items():

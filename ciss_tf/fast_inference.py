@@ -22,10 +22,18 @@ differ from the plain model by float32 rounding only; the tests bound it):
 4. **Pyramid pooling as matrix products** (`pyramid_pool`): the same cells as
    `ppm.ceil_avg_pool`, ~15x faster than its integral image on the 60x60x2048 res5.
 5. **Nothing that greedy inference does not use.** No dropout, no value head, no bootstrap.
+6. **Winograd F(4x4, 3x3)** (`winograd=True`, float32, inputs of a static size): the wide
+   stride-1 3x3 convs (at least `winograd_min_channels` inputs: res5's, the fused conv over
+   res5, the trunks' inner convs) as 36 matrix products on transformed 6x6 tiles,
+   `conv3x3(x, g) = A^T [(G g G^T) * (B^T d B)] A` per tile (Lavin and Gray, 2016): 2.25
+   multiplications per output instead of 9. Dilated convs (res5's, dilation 4) split the
+   map into its dilation phases first, where they become plain 3x3 convs. The tile
+   transforms are additions only and run as XLA-fused kernels; the products stay TF
+   matmuls. Rounding grows to ~1e-5 relative per conv (the tests bound it).
 
-The feature net's res5 3x3 convs, the trunks' inner convs and the GroupNorms run as in
-the model (GroupNorm depends on the data and cannot be folded). Use it through
-`tf.function`; the benchmark and the exporter do.
+The GroupNorms run as in the model (GroupNorm depends on the data and cannot be folded).
+Use it through `tf.function`; the benchmark and the exporter do (the exporter without
+Winograd: a served graph takes images of any size).
 """
 
 import numpy as np
@@ -116,6 +124,131 @@ def conv3x3_of_upsampled(pooled, kernel, size):
     return tf.reshape(tf.matmul(rows, along_width), [batch, height, width, outputs])
 
 
+# F(4x4, 3x3): 6x6 input tiles -> 4x4 output tiles (Lavin and Gray, "Fast Algorithms for
+# Convolutional Neural Networks", 2016, section 4.2), interpolation points 0, +-1, +-2.
+_TILE = 4
+_ALPHA = _TILE + 2
+_WINOGRAD_BT = np.array([
+    [4, 0, -5, 0, 1, 0],
+    [0, -4, -4, 1, 1, 0],
+    [0, 4, -4, -1, 1, 0],
+    [0, -2, -1, 2, 1, 0],
+    [0, 2, -1, -2, 1, 0],
+    [0, 4, 0, -5, 0, 1],
+], np.float64)
+_WINOGRAD_G = np.array([
+    [1 / 4, 0, 0],
+    [-1 / 6, -1 / 6, -1 / 6],
+    [-1 / 6, 1 / 6, -1 / 6],
+    [1 / 24, 1 / 12, 1 / 6],
+    [1 / 24, -1 / 12, 1 / 6],
+    [0, 0, 1],
+])
+_WINOGRAD_AT = np.array([
+    [1, 1, 1, 1, 1, 0],
+    [0, 1, -1, 2, -2, 0],
+    [0, 1, 1, 4, 4, 0],
+    [0, 1, -1, 8, -8, 1],
+], np.float64)
+
+
+def winograd_kernel(kernel):
+    """`G g G^T` of every (input, output) channel pair of a 3x3 kernel.
+
+    Args:
+      kernel: `[3, 3, C, O]`.
+
+    Returns:
+      float64 `[36, C, O]`, tile position major (row, then column).
+    """
+    kernel = np.asarray(kernel, np.float64)
+    transformed = np.einsum("ai,ijco,bj->abco", _WINOGRAD_G, kernel, _WINOGRAD_G)
+    return transformed.reshape(_ALPHA * _ALPHA, *kernel.shape[2:])
+
+
+def _combine(parts, coefficients):
+    """`sum_k coefficients[k] * parts[k]`, skipping zeros (the transforms are sparse)."""
+    total = None
+    for c, part in zip(coefficients, parts, strict=True):
+        if c == 0:
+            continue
+        term = part if c == 1 else -part if c == -1 else part * c
+        total = term if total is None else total + term
+    return total
+
+
+def _transform_axis(z, axis, num_tiles, matrix, stride):
+    """Applies `matrix` to the overlapping windows of `z` along `axis` (one per tile)."""
+    def window(offset):
+        index = [slice(None)] * z.shape.rank
+        index[axis] = slice(offset, offset + stride * num_tiles, stride)
+        return z[tuple(index)]
+
+    parts = [window(k) for k in range(matrix.shape[1])]
+    return [_combine(parts, row) for row in matrix]
+
+
+def _phase_grid(height, width, dilation):
+    """Per-phase size and tile counts of a dilated map (each phase a plain 3x3 conv)."""
+    phase_h, phase_w = -(-height // dilation), -(-width // dilation)
+    return phase_h, phase_w, -(-phase_h // _TILE), -(-phase_w // _TILE)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _winograd_input(x, dilation):
+    """`B^T d B` of every 6x6 tile: 36 maps `[tiles, C]`, one per tile position."""
+    _, height, width, channels = x.shape
+    phase_h, phase_w, tiles_h, tiles_w = _phase_grid(height, width, dilation)
+    if dilation > 1:
+        x = tf.space_to_batch_nd(x, [dilation, dilation], [[0, -height % dilation],
+                                                           [0, -width % dilation]])
+    # One zero row / column of SAME padding in front, enough behind to fill whole tiles.
+    z = tf.pad(x, [[0, 0], [1, _TILE * tiles_h + 1 - phase_h],
+                   [1, _TILE * tiles_w + 1 - phase_w], [0, 0]])
+    rows = _transform_axis(z, 1, tiles_h, _WINOGRAD_BT, _TILE)
+    return [tf.reshape(tile, [-1, channels])
+            for row in rows for tile in _transform_axis(row, 2, tiles_w, _WINOGRAD_BT, _TILE)]
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _winograd_output(products, shape, dilation):
+    """`A^T m A` of the 36 products back to the `[B, H, W, O]` map (inverse of the input)."""
+    batch, height, width, outputs = shape
+    phase_h, phase_w, tiles_h, tiles_w = _phase_grid(height, width, dilation)
+    # Along the tile's rows (index a of products[a * 6 + b]), then along its columns.
+    columns = [products[b::_ALPHA] for b in range(_ALPHA)]
+    partial = [[_combine(column, _WINOGRAD_AT[i]) for column in columns] for i in range(_TILE)]
+    y = tf.stack([tf.stack([_combine(partial[i], _WINOGRAD_AT[j]) for j in range(_TILE)])
+                  for i in range(_TILE)])  # [4 (i), 4 (j), tiles, O]
+    phases = batch * dilation * dilation
+    y = tf.reshape(y, [_TILE, _TILE, phases, tiles_h, tiles_w, outputs])
+    y = tf.reshape(tf.transpose(y, [2, 3, 0, 4, 1, 5]),
+                   [phases, _TILE * tiles_h, _TILE * tiles_w, outputs])[:, :phase_h, :phase_w]
+    if dilation > 1:
+        y = tf.batch_to_space(y, [dilation, dilation], [[0, -height % dilation],
+                                                        [0, -width % dilation]])
+    return y
+
+
+def winograd_conv3x3(x, transformed, dilation=1):
+    """`tf.nn.conv2d(x, g, 1, "SAME", dilations=dilation)` by Winograd F(4x4, 3x3).
+
+    Args:
+      x: float32 `[B, H, W, C]` of a static size (the tile grid is fixed when traced).
+      transformed: `winograd_kernel(g)` as 36 `[C, O]` tensors.
+      dilation: the conv's dilation rate.
+
+    Returns:
+      `[B, H, W, O]`.
+    """
+    if not x.shape[1:].is_fully_defined() or x.shape[0] is None:
+        raise ValueError(f"winograd_conv3x3 needs a static input shape, got {x.shape}")
+    tiles = _winograd_input(x, dilation)
+    products = [tf.matmul(tile, kernel) for tile, kernel in zip(tiles, transformed, strict=True)]
+    shape = (*x.shape[:3], transformed[0].shape[-1])
+    return _winograd_output(products, shape, dilation)
+
+
 def _flat_taps(shifted, dtype):
     """`[3, n, g]` -> `[n, 3 * g]` with the tap as the slower index."""
     n = tf.shape(shifted)[1]
@@ -158,41 +291,60 @@ def pyramid_pool(x, bins):
     return pooled
 
 
+class _SameConv(tf.Module):
+    """A stride-1 SAME conv; by Winograd if `winograd_min_channels` admits it (3x3 only)."""
+
+    def __init__(self, kernel, dtype, dilation=1, winograd_min_channels=None):
+        super().__init__()
+        self.dilation = dilation
+        self.winograd = (winograd_min_channels is not None and kernel.shape[:2] == (3, 3)
+                         and kernel.shape[2] >= winograd_min_channels)
+        if self.winograd:
+            self.kernels = FastCissNet._variables(winograd_kernel(kernel), dtype)
+        else:
+            self.kernel = tf.Variable(kernel, dtype=dtype, trainable=False)
+
+    def __call__(self, x):
+        if self.winograd:
+            return winograd_conv3x3(x, self.kernels, self.dilation)
+        return tf.nn.conv2d(x, self.kernel, 1, "SAME", dilations=self.dilation)
+
+
 class _FoldedConv(tf.Module):
     """A conv with batch norm folded in: `relu?(conv(x) + bias)`, explicit symmetric pad."""
 
-    def __init__(self, conv_bn, dtype):
+    def __init__(self, conv_bn, dtype, winograd_min_channels=None):
         super().__init__()
         conv, bn = conv_bn.conv, conv_bn.bn
         kernel, bias = fold_batch_norm(
             conv.kernel.numpy(), _numpy(bn.gamma), _numpy(bn.beta), bn.moving_mean.numpy(),
             bn.moving_variance.numpy(), bn.epsilon,
         )
-        self.kernel = tf.Variable(kernel, dtype=dtype, trainable=False)
         self.bias = tf.Variable(bias, dtype=dtype, trainable=False)
         self.strides = tuple(conv.strides)
-        self.dilations = tuple(conv.dilation_rate)
         self.relu = conv_bn.relu
-        pad = conv_bn.pad
         if self.strides == (1, 1):
             # Stride 1, odd kernel, pad = dilation * (k - 1) / 2: SAME pads exactly so.
-            self.padding = "SAME"
-        elif pad:
-            self.padding = [[0, 0], [pad, pad], [pad, pad], [0, 0]]
+            self.conv = _SameConv(kernel, dtype, conv.dilation_rate[0], winograd_min_channels)
         else:
-            self.padding = "VALID"
+            self.kernel = tf.Variable(kernel, dtype=dtype, trainable=False)
+            pad = conv_bn.pad
+            self.padding = [[0, 0], [pad, pad], [pad, pad], [0, 0]] if pad else "VALID"
 
     def __call__(self, x):
-        y = tf.nn.conv2d(x, self.kernel, self.strides, self.padding, dilations=self.dilations)
+        if self.strides == (1, 1):
+            y = self.conv(x)
+        else:
+            y = tf.nn.conv2d(x, self.kernel, self.strides, self.padding)
         y = tf.nn.bias_add(y, self.bias)
         return tf.nn.relu(y) if self.relu else y
 
 
 class _FoldedBottleneck(tf.Module):
-    def __init__(self, block, dtype):
+    def __init__(self, block, dtype, winograd_min_channels):
         super().__init__()
         self.reduce = _FoldedConv(block.reduce, dtype)
-        self.conv3x3 = _FoldedConv(block.conv3x3, dtype)
+        self.conv3x3 = _FoldedConv(block.conv3x3, dtype, winograd_min_channels)
         self.increase = _FoldedConv(block.increase, dtype)
         self.proj = None if block.proj is None else _FoldedConv(block.proj, dtype)
 
@@ -227,6 +379,11 @@ class FastCissNet(tf.Module):
 
     Args:
       model: a built `CissNet` (any `context_mode`).
+      winograd: run the 3x3 convs with at least `winograd_min_channels` inputs by
+        Winograd F(4x4, 3x3) (rewrite 6). Float32 only; the graph then needs images of a
+        static size.
+      winograd_min_channels: below it the direct conv wins on a CPU (measured: at 256
+        inputs they tie, at 512 Winograd is about 2x faster).
 
     Example:
       >>> fast = FastCissNet(model)
@@ -234,16 +391,21 @@ class FastCissNet(tf.Module):
       >>> outputs["logits"].shape  # [T + 1, B, h, w, Nc], as model(images)["logits"]
     """
 
-    def __init__(self, model):
+    def __init__(self, model, winograd=False, winograd_min_channels=512):
         super().__init__(name="fast_ciss_net")
         dtype = tf.as_dtype(model.compute_dtype)
+        if winograd and dtype != tf.float32:
+            raise ValueError(f"Winograd convs need float32, the model computes in {dtype.name}")
+        wide = winograd_min_channels if winograd else None
         self.dtype = dtype
         self.num_classes = model.num_classes
         self.context_mode = model.context_mode
         feature_net = model.feature_net
         backbone = feature_net.backbone
         self.stem = [_FoldedConv(layer, dtype) for layer in backbone.stem]
-        self.blocks = [_FoldedBottleneck(b, dtype) for stage in backbone.stages for b in stage]
+        self.blocks = [
+            _FoldedBottleneck(b, dtype, wide) for stage in backbone.stages for b in stage
+        ]
         self.bins = feature_net.bins
         self.ppm = [
             self._folded_1x1(conv, norm, dtype)
@@ -265,10 +427,18 @@ class FastCissNet(tf.Module):
         # X's branches are in the order bins[::-1]; kept in the order of `self.bins`. The
         # Base Net's block is also kept alone: t = 0 needs nothing else.
         branch_kernels = [tap_major(k) for k in branch_kernels[::-1]]
-        self.base_x_kernels = self._variables(
-            [res5_kernel[..., :channels]] + [k[..., :channels] for k in branch_kernels], dtype
-        )
-        self.fused_x_kernels = self._variables([res5_kernel, *branch_kernels], dtype)
+        self.base_x_kernels = [
+            _SameConv(res5_kernel[..., :channels], dtype, winograd_min_channels=wide),
+            *self._variables([k[..., :channels] for k in branch_kernels], dtype),
+        ]
+        self.fused_x_kernels = [_SameConv(res5_kernel, dtype, winograd_min_channels=wide),
+                                *self._variables(branch_kernels, dtype)]
+        # The trunks' inner convs: the model's own layers unless Winograd replaces them.
+        self.trunk_convs = [
+            [_SameConv(conv.kernel.numpy(), dtype, winograd_min_channels=wide)
+             for conv in trunk.convs] if winograd else None
+            for trunk in self.trunks
+        ]
         self.base_net = model.base_net
         self.bias_net = model.bias_net
         self.bias_e_kernels = self._encoder_kernels(self.bias_net, model.num_classes + 1, dtype)
@@ -326,8 +496,8 @@ class FastCissNet(tf.Module):
     @staticmethod
     def _conv_x(res5, pooled, kernels):
         """`conv3x3(X)` from res5 and the pooled PPM branches, kernels split as X is."""
-        res5_kernel, *branch_kernels = kernels
-        y = tf.nn.conv2d(res5, res5_kernel, 1, "SAME")
+        res5_conv, *branch_kernels = kernels
+        y = res5_conv(res5)
         size = ops.spatial_size(res5)
         for branch, kernel in zip(pooled, branch_kernels, strict=True):
             y += conv3x3_of_upsampled(branch, kernel, size)
@@ -352,7 +522,7 @@ class FastCissNet(tf.Module):
             )
         ]
         c1 = projected + self._encoded_conv(self.bias_e_kernels, onehot, branches)
-        return net.classifier(net.trunk.from_first_conv(c1, training=False))
+        return net.classifier(net.trunk.from_first_conv(c1, convs=self.trunk_convs[0]))
 
     def _keep(self, projected, logits):
         """The greedy action of the Context Net for the p-map of `logits`."""
@@ -365,7 +535,7 @@ class FastCissNet(tf.Module):
             )
         ]
         c1 = projected + self._encoded_conv(self.context_e_kernels, probabilities, branches)
-        z = self.context_net.trunk.from_first_conv(c1, False)
+        z = self.context_net.trunk.from_first_conv(c1, convs=self.trunk_convs[1])
         policy_logits = self.context_net.policy_head(z)
         return tf.cast(policy_logits[..., 1] > policy_logits[..., 0], tf.int32)
 

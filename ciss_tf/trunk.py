@@ -81,10 +81,14 @@ class ContextTrunk(keras.layers.Layer):
         c1 = self._conv1(tf.concat([features, encoded], axis=-1), self.kernel)
         return self.from_first_conv(c1, training)
 
-    def from_first_conv(self, c1, training=False):
-        """The layers after the first conv, from its pre-normalisation output `c1`."""
+    def from_first_conv(self, c1, training=False, convs=None):
+        """The layers after the first conv, from its pre-normalisation output `c1`.
+
+        `convs` replaces the three inner conv layers by equal callables (the Winograd
+        convs of `fast_inference`).
+        """
         norm1, norm2, norm3, norm4 = self.norms
-        conv2, conv3, conv4 = self.convs
+        conv2, conv3, conv4 = self.convs if convs is None else convs
         c1 = tf.nn.relu(norm1(c1))
         c2 = tf.nn.relu(norm2(conv2(c1)))
         c3 = tf.nn.relu(norm3(conv3(c2)))

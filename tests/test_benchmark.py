@@ -55,7 +55,8 @@ def test_tiny_run_writes_the_contract_keys(tmp_path):
     output = tmp_path / "bench.json"
     process = _run(
         "--preset=tiny", "--image_size=32", "--steps=0,2", "--repeats=1",
-        "--sections=inference,pipeline", "--pipeline_batches=2", f"--output_json={output}",
+        "--sections=inference,pipeline", "--winograd_min_channels=128", "--pipeline_batches=2",
+        f"--output_json={output}",
     )
     assert process.returncode == 0, process.stderr[-2000:]
     assert "t=2 / t=0" in process.stdout
@@ -63,8 +64,10 @@ def test_tiny_run_writes_the_contract_keys(tmp_path):
     for key in ("seconds_t0", "ratio_t2_t0", "ratio_t2_t0_naive", "ratio_t2_t0_cached"):
         assert results[key] > 0, key
     inference = results["inference"]
-    assert set(inference) == {"naive", "cached", "fast"}
-    assert results["seconds_t0"] == inference["fast"]["0"]["seconds"]
+    assert set(inference) == {"naive", "cached", "fast", "winograd"}
+    assert results["fastest_path"] == "winograd"
+    assert results["seconds_t0"] == inference["winograd"]["0"]["seconds"]
+    assert results["seconds_t0_fast"] == inference["fast"]["0"]["seconds"]
     assert results["ratio_t2_t0_naive"] == pytest.approx(
         inference["naive"]["2"]["seconds"] / inference["naive"]["0"]["seconds"]
     )
@@ -77,6 +80,14 @@ def test_tiny_run_writes_the_contract_keys(tmp_path):
     gflop = {path: inference[path]["2"]["gflop"] for path in inference}
     assert (gflop["naive"] - gflop["cached"]) * 1e9 == pytest.approx(extra, rel=1e-9)
     assert gflop["fast"] < gflop["cached"]
+    # Tiny net at 32x32, convs of >= 128 inputs: only the 3x3 conv over res5 (4x4x256 -> 32
+    # for the Base Net at t = 0, fused with both trunks' to 3 x 32 at t >= 1). F(4x4, 3x3)
+    # turns a direct 3x3 conv over a 4x4 map (one tile, 9 x 16 multiply-adds per input-
+    # output channel pair) into 36 products: 36 / 144 of its count.
+    direct = {t: 2 * 4 * 4 * 9 * 256 * out for t, out in (("0", 32), ("2", 96))}
+    for t in ("0", "2"):
+        saved = inference["fast"][t]["gflop"] - inference["winograd"][t]["gflop"]
+        assert saved * 1e9 == pytest.approx(direct[t] * (1 - 36 / 144), rel=1e-9), t
     assert inference["fast"]["0"]["gflop"] < inference["cached"]["0"]["gflop"]
     assert results["conv_reference"]["gflop"] * 1e9 == pytest.approx(2 * 16 * 9 * 320 * 32)
     assert results["input_pipeline"]["images_per_second"] > 0

@@ -1,7 +1,9 @@
 """The exact inference rewrites equal the plain model (float32 rounding only).
 
 Tolerance: logits within 1e-4 absolute + 1e-4 relative of the plain model's (observed
-differences are ~5e-6 on logits of magnitude ~5); greedy context maps identical.
+differences are ~5e-6 on logits of magnitude ~5); greedy context maps identical. Winograd
+F(4x4, 3x3) rounds more (its transforms multiply by up to 8 and divide by 24): one conv
+within 2e-5 of the largest output, the whole unroll within 1e-3 (observed ~1e-5).
 """
 
 import keras
@@ -17,6 +19,8 @@ from ciss_tf.fast_inference import (
     pyramid_pool,
     shifted_interpolation,
     tap_major,
+    winograd_conv3x3,
+    winograd_kernel,
 )
 
 NUM_CLASSES = 5
@@ -144,16 +148,54 @@ def test_fused_x_conv_equals_the_three_plain_x_convs():
     )
 
 
-@pytest.mark.parametrize("context_mode", ["learned", "pmap", "none"])
-def test_fast_unroll_equals_plain_model_at_every_step(context_mode):
+@pytest.mark.parametrize(
+    "batch,height,width,dilation",
+    [(2, 13, 11, 1), (1, 4, 4, 1), (1, 1, 1, 1), (2, 9, 17, 2), (1, 60, 60, 4), (1, 15, 6, 4)],
+)
+def test_winograd_conv_equals_conv2d(batch, height, width, dilation):
+    # Sizes that fill whole 4x4 tiles and that do not, per dilation phase, and a 1x1 map.
+    rng = np.random.default_rng(height * width)
+    x = rng.normal(size=(batch, height, width, 5)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, 5, 7)).astype(np.float32)
+    expected = tf.nn.conv2d(x, kernel, 1, "SAME", dilations=dilation).numpy()
+    transformed = [tf.constant(k, tf.float32) for k in winograd_kernel(kernel)]
+    got = tf.function(lambda x: winograd_conv3x3(x, transformed, dilation))(x).numpy()
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5 * np.abs(expected).max())
+
+
+def test_winograd_kernel_hand_value_and_static_shape_check():
+    # G g G^T of the centre tap alone: the outer product of G's middle column with itself.
+    kernel = np.zeros([3, 3, 1, 1])
+    kernel[1, 1] = 1.0
+    middle = np.array([0, -1 / 6, 1 / 6, 1 / 12, -1 / 12, 0])
+    np.testing.assert_allclose(winograd_kernel(kernel)[:, 0, 0], np.outer(middle, middle).ravel())
+    transformed = [tf.constant(k, tf.float32) for k in winograd_kernel(kernel)]
+    dynamic = tf.function(lambda x: winograd_conv3x3(x, transformed),
+                          input_signature=[tf.TensorSpec([1, None, None, 1])])
+    with pytest.raises(ValueError, match="static input shape"):
+        dynamic.get_concrete_function()
+
+
+@pytest.mark.parametrize(
+    "context_mode,winograd", [("learned", False), ("pmap", False), ("none", False),
+                              ("learned", True)],
+)
+def test_fast_unroll_equals_plain_model_at_every_step(context_mode, winograd):
     model = _tiny(context_mode)
-    fast = tf.function(FastCissNet(model), autograph=False)
+    # Every tiny conv is narrow: admit them all, so that each Winograd site is exercised.
+    net = FastCissNet(model, winograd=winograd, winograd_min_channels=1)
+    if winograd:
+        assert net.fused_x_kernels[0].winograd and net.blocks[-1].conv3x3.conv.winograd
+        assert all(conv.winograd for convs in net.trunk_convs for conv in convs)
+    fast = tf.function(net, autograph=False)
     images = _images()
     plain = model(images, training=False, num_steps=3, cache_features=False)
     got = fast(images, num_steps=3)
     assert got["logits"].shape == plain["logits"].shape
+    tolerance = dict(rtol=1e-3, atol=1e-3) if winograd else TOLERANCE
     for t in range(4):
-        np.testing.assert_allclose(got["logits"][t], plain["logits"][t], **TOLERANCE)
+        np.testing.assert_allclose(got["logits"][t], plain["logits"][t], **tolerance)
     np.testing.assert_array_equal(got["context"], plain["context"])
     kept = float(tf.reduce_mean(tf.cast(plain["context"] > 0, tf.float32)))
     if context_mode == "learned":
