@@ -80,7 +80,6 @@ from ciss_tf.data import datasets, input_pipeline, synthetic, tfrecord
 from ciss_tf.fast_inference import FastCissNet
 
 FLAGS = flags.FLAGS
-PATHS = ("naive", "cached", "fast", "winograd")
 # Benchmark preset -> (network preset, dataset that sets the classes, image side).
 SETTINGS = {
     "paper": ("resnet50", "ade20k", 473),
@@ -280,10 +279,10 @@ def measure_inference(network, num_classes, size, steps):
     inputs["conv"] = conv_input
     times = time_round_robin(timed, inputs, FLAGS.repeats, FLAGS.warmup)
 
-    results = {path: {} for path in PATHS if path in fast_nets or path in ("naive", "cached")}
+    results = {}  # paths in the order of `functions`: naive, cached, fast, winograd
     for (path, t), fn in functions.items():
         key = unique[id(fn)][0]
-        results[path][str(t)] = _timing(times[key], flops[key])
+        results.setdefault(path, {})[str(t)] = _timing(times[key], flops[key])
     reference = {"shape": f"{h}x{w}x{x_channels} -> {channels}, 3x3",
                  **_timing(times["conv"], conv_flops)}
     return results, reference
