@@ -300,7 +300,7 @@ class _SameConv(tf.Module):
         self.winograd = (winograd_min_channels is not None and kernel.shape[:2] == (3, 3)
                          and kernel.shape[2] >= winograd_min_channels)
         if self.winograd:
-            self.kernels = FastCissNet._variables(winograd_kernel(kernel), dtype)
+            self.kernels = _constants(winograd_kernel(kernel), dtype)
         else:
             self.kernel = tf.Variable(kernel, dtype=dtype, trainable=False)
 
@@ -360,6 +360,11 @@ def _pointwise_relu(x, kernel, bias):
 
 def _numpy(variable):
     return None if variable is None else variable.numpy()
+
+
+def _constants(arrays, dtype):
+    """Frozen copies of NumPy weights as (non-trainable) variables of `dtype`."""
+    return [tf.Variable(a, dtype=dtype, trainable=False) for a in arrays]
 
 
 def _split_rows(kernel, sizes):
@@ -429,10 +434,10 @@ class FastCissNet(tf.Module):
         branch_kernels = [tap_major(k) for k in branch_kernels[::-1]]
         self.base_x_kernels = [
             _SameConv(res5_kernel[..., :channels], dtype, winograd_min_channels=wide),
-            *self._variables([k[..., :channels] for k in branch_kernels], dtype),
+            *_constants([k[..., :channels] for k in branch_kernels], dtype),
         ]
         self.fused_x_kernels = [_SameConv(res5_kernel, dtype, winograd_min_channels=wide),
-                                *self._variables(branch_kernels, dtype)]
+                                *_constants(branch_kernels, dtype)]
         # The trunks' inner convs: the model's own layers unless Winograd replaces them.
         self.trunk_convs = [
             [_SameConv(conv.kernel.numpy(), dtype, winograd_min_channels=wide)
@@ -455,10 +460,6 @@ class FastCissNet(tf.Module):
             )
 
     @staticmethod
-    def _variables(arrays, dtype):
-        return [tf.Variable(a, dtype=dtype, trainable=False) for a in arrays]
-
-    @staticmethod
     def _folded_1x1(conv, norm, dtype):
         kernel, bias = fold_batch_norm(
             conv.kernel.numpy()[0, 0], _numpy(norm.gamma), _numpy(norm.beta),
@@ -476,7 +477,7 @@ class FastCissNet(tf.Module):
             e_kernel, [map_channels] + [net.branch_channels] * len(net.bins)
         )
         return (tf.Variable(map_kernel, dtype=dtype, trainable=False),
-                FastCissNet._variables([tap_major(k) for k in branches[::-1]], dtype))
+                _constants([tap_major(k) for k in branches[::-1]], dtype))
 
     def res5_and_pyramid(self, images):
         """The feature net with batch norm folded: res5 and the PPM's pooled branches."""
