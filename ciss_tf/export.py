@@ -217,12 +217,12 @@ def score_export(version_dir, file_pattern, num_classes, ignore_label=datasets.I
       (at the original size), plus `num_images`.
     """
     serve = tf.saved_model.load(version_dir).signatures["serving_bytes"]
-    encoded_key = {tfrecord.IMAGE_ENCODED: tf.io.FixedLenFeature([], tf.string)}
     confusion = np.zeros([num_classes, num_classes], np.int64)
     count = 0
     for record in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(file_pattern))):
-        encoded = tf.io.parse_single_example(record, encoded_key)[tfrecord.IMAGE_ENCODED]
-        labels = tfrecord.parse_example(record)["label"].numpy()
+        features = tfrecord.parse_features(record)
+        encoded = features[tfrecord.IMAGE_ENCODED]
+        labels = tfrecord.decode_features(features)["label"].numpy()
         predicted = serve(image_bytes=encoded[tf.newaxis])["labels"][0].numpy()
         confusion += metrics.confusion_matrix(labels, predicted, num_classes, ignore_label)
         count += 1

@@ -93,11 +93,29 @@ def parse_example(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         serialized: scalar string tensor.
 
     Returns:
+        `decode_features(parse_features(serialized))`.
+    """
+    return decode_features(parse_features(serialized))
+
+
+def parse_features(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The stored features of one serialized record, undecoded, keyed as in `make_example`."""
+    return tf.io.parse_single_example(serialized, _FEATURES)
+
+
+def decode_features(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Decodes the features of one record (`parse_features`).
+
+    Separate from `parse_example` for callers that also need the encoded image as stored.
+
+    Args:
+        features: the record's features, keyed as in `make_example`.
+
+    Returns:
         A dict with `image` uint8 [H, W, 3], `label` int32 [H, W] (train ids, ignore 255),
         `filename` string scalar. Decoding fails with an `InvalidArgumentError` naming the
         record's file name if the label size differs from the image size.
     """
-    features = tf.io.parse_single_example(serialized, _FEATURES)
     filename = features[IMAGE_FILENAME]
     image = tf.io.decode_image(features[IMAGE_ENCODED], channels=3, expand_animations=False)
     label = tf.io.decode_png(features[LABEL_ENCODED], channels=1)
