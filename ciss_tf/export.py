@@ -99,6 +99,8 @@ class ServingModule(tf.Module):
         shape = tf.shape(images)
         limit = self.max_image_size
         checks = [
+            # The signature declares 3 channels, but a concrete function called in-process
+            # does not check shapes against it.
             tf.debugging.assert_equal(
                 shape[3], 3, message="images must have 3 channels (RGB) in the last axis"
             ),
@@ -153,7 +155,7 @@ class ServingModule(tf.Module):
         """
         serve_images = tf.function(
             self.segment,
-            input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, "images")],
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, "images")],
         )
         serve_bytes = tf.function(
             lambda image_bytes: serve_images(self.decode(image_bytes)),

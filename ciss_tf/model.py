@@ -140,10 +140,10 @@ class CissNet(keras.Model):
           `bootstrap`, `bootstrap_value` float32 `[B, h, w]`.
         """
         sample = training if sample is None else sample
-        bootstrap = training if bootstrap is None else bootstrap
+        learned = self.context_net is not None
+        bootstrap = (training if bootstrap is None else bootstrap) and learned
         x = self.features(images)
         base_logits = self.base_net(x, training=training)
-        learned = self.context_net is not None
         # With no step to run (and no bootstrap), the X halves would be computed for nothing.
         cache_features = cache_features and (num_steps > 0 or bootstrap)
         if cache_features:

@@ -89,7 +89,10 @@ class SegmentationHead(keras.layers.Layer):
         self.conv = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, name="conv")
         self.norm = make_norm(norm, channels, name="bn" if norm == "batch" else "gn")
         self.drop = keras.layers.Dropout(dropout, name="dropout")
-        self.classifier = keras.layers.Conv2D(num_classes, 1, name="classifier")
+        # Logits in float32 under mixed precision: argmax ties and the softmax need them.
+        self.classifier = keras.layers.Conv2D(
+            num_classes, 1, dtype="float32", name="classifier"
+        )
 
     def call(self, x, training=False):
         x = tf.nn.relu(self.norm(self.conv(x), training=training))

@@ -64,7 +64,9 @@ class BiasNet(keras.layers.Layer):
             feature_channels, num_classes + 1 + branch_channels * len(self.bins), channels,
             dropout, name="trunk",
         )
-        self.classifier = keras.layers.Conv2D(num_classes, 1, use_bias=False, name="classifier")
+        self.classifier = keras.layers.Conv2D(
+            num_classes, 1, use_bias=False, dtype="float32", name="classifier"
+        )
 
     def encode(self, context_map, dtype):
         """`E` for a context map `[B, h, w]` of ints in 0..Nc."""

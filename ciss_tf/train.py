@@ -87,7 +87,9 @@ flags.DEFINE_integer(
 flags.DEFINE_bool("jit_compile", False, "Compile the replica step with XLA.")
 flags.DEFINE_enum(
     "mixed_precision", "float32", ["float32", "mixed_float16", "mixed_bfloat16"],
-    "Keras dtype policy; policy, value and losses stay in float32.",
+    "Keras dtype policy; the class logits (so the p-map, the context map and the reward), "
+    "policy, value and losses stay in float32. mixed_float16 adds dynamic loss scaling "
+    "(a step with non-finite gradients on any replica is skipped by all).",
 )
 flags.DEFINE_integer(
     "stop_at_step", None,
@@ -169,6 +171,22 @@ def weight_decay_loss(variables):
     return 0.5 * FLAGS.weight_decay * tf.add_n([tf.reduce_sum(tf.square(v)) for v in kernels])
 
 
+def poison_unless_all_replicas_finite(gradients):
+    """This replica's gradients, or all NaN when any replica's are not finite (replica context).
+
+    Keras's LossScaleOptimizer decides whether to skip a step from the gradients of one
+    replica before they are summed (or, without merge calls, each replica on its own), so an
+    overflow on another replica would be applied and turn the weights NaN. Making every
+    replica's gradients non-finite when any replica's are makes all of them skip the step
+    and lower the loss scale together.
+    """
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
+    overflowed = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, tf.cast(tf.logical_not(finite), tf.float32)
+    )
+    return [tf.where(overflowed > 0, tf.constant(np.nan, g.dtype), g) for g in gradients]
+
+
 class Trainer:
     """Owns the strategy, model, optimizer, checkpoints and the distributed train step."""
 
@@ -182,10 +200,17 @@ class Trainer:
                 f"--batch_size={self.global_batch} is not divisible by the "
                 f"{strategy.num_replicas_in_sync} replicas"
             )
+        if self.stage == "ciss" and FLAGS.context_mode == "learned" and FLAGS.unroll_steps < 1:
+            raise ValueError(
+                "--unroll_steps must be at least 1 with --context_mode=learned (the Context "
+                "Net acts from step 1 on)"
+            )
         self.crop = _crop_size()
         with strategy.scope():
             self.model = config.model_from_flags(info.num_classes, self.stage)
-            self.model(tf.zeros((1, *self.crop, 3)), **self._call_kwargs(training=False))
+            # One step creates every variable, also when training unrolls none (T = 0).
+            build = {} if self.stage == "pspnet" else {"num_steps": 1}
+            self.model(tf.zeros((1, *self.crop, 3)), training=False, **build)
             schedule = keras.optimizers.schedules.PolynomialDecay(
                 FLAGS.base_learning_rate, FLAGS.max_steps, 0.0, power=FLAGS.lr_power
             )
@@ -242,6 +267,9 @@ class Trainer:
         gradients = [
             g if m == 1.0 else g * m for g, m in zip(gradients, self.multipliers, strict=True)
         ]
+        if (isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+                and self.strategy.num_replicas_in_sync > 1):
+            gradients = poison_unless_all_replicas_finite(gradients)
         self.optimizer.apply_gradients(zip(gradients, self.variables, strict=True))
         terms["weight_decay"] = decay
         return terms
@@ -343,17 +371,18 @@ def train():
         trainer.checkpoint, _checkpoint_dir(strategy, model_dir), FLAGS.max_to_keep,
         step_counter=trainer.step,
     )
-    if manager.latest_checkpoint:
+    # Every worker resumes from the chief's checkpoint: the other workers' scratch copies
+    # may be missing (local disks) or one save behind, and replicas must start equal.
+    latest = tf.train.latest_checkpoint(model_dir)
+    if latest:
         try:
-            trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError) as error:
             raise ValueError(
-                f"{manager.latest_checkpoint} does not match this model (another preset, dataset "
-                f"or context mode?); use a new --model_dir. {str(error).splitlines()[0][:200]}"
+                f"{latest} does not match this model (another preset, dataset or context "
+                f"mode?); use a new --model_dir. {str(error).splitlines()[0][:200]}"
             ) from None
-        logging.info(
-            "Resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step.numpy())
-        )
+        logging.info("Resumed from %s at step %d", latest, int(trainer.step.numpy()))
     elif FLAGS.imagenet_weights and FLAGS.stage == "pspnet":
         depth = {"resnet50": 50, "resnet101": 101}.get(FLAGS.preset)
         if depth is None:

@@ -31,6 +31,10 @@ def test_ade20k_and_pascal_context_orders():
     assert ade.palette[[0, 2, 149]].tolist() == [[120, 120, 120], [6, 230, 230], [92, 0, 255]]
     pascal = datasets.get_dataset_info("pascal_context")
     assert pascal.class_names[0] == "background" and pascal.class_names[59] == "wood"
+    # mmsegmentation's converter numbers the 59 kept categories by increasing PASCAL-Context
+    # id, which is alphabetical (its PascalContextDataset: 2 bag, 6 bicycle, 37 person).
+    assert list(pascal.class_names[1:]) == sorted(pascal.class_names[1:])
+    assert [pascal.class_names[i] for i in (2, 6, 37)] == ["bag", "bicycle", "person"]
 
 
 def test_camvid_table_matches_its_readme():

@@ -149,6 +149,7 @@ def test_saved_model_cli_lists_both_signatures(exported):
     assert returncode == 0, stderr
     default = stdout.split("signature_def['serving_default']")[1]
     assert "inputs['images']" in default and "DT_UINT8" in default
+    assert "shape: (-1, -1, -1, 3)" in default.split("outputs[")[0]
     encoded = stdout.split("signature_def['serving_bytes']")[1].split("signature_def[")[0]
     assert "inputs['image_bytes']" in encoded and "DT_STRING" in encoded
     for signature in (default, encoded):

@@ -178,3 +178,25 @@ def test_model_config_round_trip():
         assert clone.get_config() == model.get_config()
     assert isinstance(config.build_pspnet(3, "tiny"), PSPNet)
     assert isinstance(_tiny(), CissNet)
+
+
+def test_mixed_precision_keeps_logits_policy_and_values_in_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        net = _tiny()
+        outputs = net(_images(), training=True, num_steps=1, sample_ids=tf.constant([0, 1]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert net.base_net.conv.compute_dtype == "bfloat16"
+    for name in ("logits", "policy_logits", "values", "bootstrap_value"):
+        assert outputs[name].dtype == tf.float32, name
+
+
+@pytest.mark.parametrize("mode", ["none", "pmap"])
+def test_controls_unrolled_zero_steps_never_touch_the_bias_net(mode):
+    net = _tiny(mode)
+    outputs = net(_images(), training=True, num_steps=0)
+    assert outputs["logits"].shape[0] == 1 and "bootstrap_value" not in outputs
+    # No value of the last state to bootstrap without a Context Net, so nothing of the Bias
+    # Net is computed (its first conv over X is the largest in the model).
+    assert not net.bias_net.variables

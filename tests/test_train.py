@@ -166,6 +166,52 @@ def test_bad_flags_give_one_line(data_dir, tmp_path):
         "--batch_size=3", "--num_cpu_devices=2", check=False,
     )
     assert result.returncode != 0 and "--batch_size=3" in result.stderr.splitlines()[-1]
+    result = _run(
+        "ciss_tf.train", *TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'n'}",
+        "--unroll_steps=0", check=False,
+    )
+    assert result.returncode != 0 and "--unroll_steps" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "n").exists()
+
+
+_POISON_SCRIPT = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from ciss_tf import train
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+@tf.function
+def step(bad_replica):
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    value = tf.cast(replica + 1, tf.float32)
+    first = tf.fill([3], value)
+    first = tf.where(tf.equal(replica, bad_replica), first * np.inf, first)
+    second = tf.fill([2], tf.cast(value, tf.float16))
+    return train.poison_unless_all_replicas_finite([first, second])
+
+results = {}
+for bad in (-1, 1):
+    out = strategy.run(step, args=(tf.constant(bad),))
+    results[bad] = [[g.numpy().tolist() for g in strategy.experimental_local_results(o)]
+                    for o in out]
+print(json.dumps(results))
+"""
+
+
+def test_an_overflow_on_one_replica_makes_every_replica_skip():
+    result = subprocess.run([sys.executable, "-c", _POISON_SCRIPT], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(result.stdout.strip().splitlines()[-1])
+    # No overflow: each replica keeps its own gradients (1s on replica 0, 2s on replica 1).
+    assert results["-1"] == [[[1.0] * 3, [2.0] * 3], [[1.0] * 2, [2.0] * 2]]
+    # Replica 1 overflowed: both replicas' gradients become NaN, in their own dtypes.
+    for per_variable in results["1"]:
+        for values in per_variable:
+            assert np.isnan(values).all()
 
 
 def test_adamw_decays_conv_kernels_only_and_needs_one_learning_rate_group():
@@ -195,8 +241,8 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_multi_worker_trains_one_step_and_writes_one_checkpoint(data_dir, tmp_path):
+def _multi_worker_run(data_dir, model_dir, max_steps):
+    """Two local workers train to `max_steps`; returns their stderr."""
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     processes = []
@@ -206,11 +252,33 @@ def test_multi_worker_trains_one_step_and_writes_one_checkpoint(data_dir, tmp_pa
         ))
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "ciss_tf.train", *TINY, f"--data_dir={data_dir}",
-             f"--model_dir={tmp_path / 'mw'}", "--max_steps=1", "--strategy=multi_worker"],
+             f"--model_dir={model_dir}", f"--max_steps={max_steps}",
+             "--strategy=multi_worker"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))
-    for process in processes:
-        _, err = process.communicate(timeout=600)
-        assert process.returncode == 0, err[-3000:]
-    assert sorted(os.listdir(tmp_path / "mw"))[:1] == ["checkpoint"]
-    assert tf.train.latest_checkpoint(str(tmp_path / "mw")).endswith("ckpt-1")
+    errors = []
+    try:
+        for process in processes:
+            _, err = process.communicate(timeout=600)
+            assert process.returncode == 0, err[-3000:]
+            errors.append(err)
+    finally:
+        for process in processes:
+            process.kill()
+    return errors
+
+
+@pytest.mark.slow
+def test_multi_worker_trains_writes_one_checkpoint_and_resumes_from_the_chiefs(
+        data_dir, tmp_path):
+    model_dir = tmp_path / "mw"
+    _multi_worker_run(data_dir, model_dir, 1)
+    assert sorted(os.listdir(model_dir))[:1] == ["checkpoint"]
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-1")
+    # The other worker's scratch copy is gone (a local disk): it resumes from the chief's
+    # checkpoint, at the same step, instead of starting over and hanging the collectives.
+    tf.io.gfile.rmtree(str(model_dir / "workers"))
+    errors = _multi_worker_run(data_dir, model_dir, 2)
+    for err in errors:
+        assert f"Resumed from {model_dir / 'ckpt-1'} at step 1" in err
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
