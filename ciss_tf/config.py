@@ -59,6 +59,12 @@ flags.DEFINE_enum(
     "Backbone stem: deep (three 3x3 convs, PSPNet, SPEC.md) or resnet (one 7x7 conv, needed "
     "to start from Keras ImageNet ResNet weights). Both stages must use the same stem.",
 )
+flags.DEFINE_enum(
+    "context_encoder_norm", "group", ["group", "batch"],
+    "Normalisation of the Context Net's p-map pyramid branches: group (the paper: GroupNorm "
+    "in every head layer) or batch (the authors' code). A checkpoint is read with the value "
+    "it was trained with.",
+)
 flags.DEFINE_float("dropout", 0.1, "Dropout rate of the heads.")
 flags.DEFINE_string(
     "dataset", "synthetic",
@@ -77,14 +83,15 @@ def build_pspnet(num_classes, preset, dropout=0.1, stem="deep"):
     )
 
 
-def build_ciss_net(num_classes, preset, context_mode="learned", dropout=0.1, stem="deep"):
+def build_ciss_net(num_classes, preset, context_mode="learned", dropout=0.1, stem="deep",
+                   context_encoder_norm="group"):
     """The stage-2 CiSS-Net of a preset."""
     preset = PRESETS[preset]
     return CissNet(
         num_classes, feature_net=preset.feature_net(stem), channels=preset.channels,
         bias_branch_channels=preset.bias_branch_channels,
         context_branch_channels=preset.context_branch_channels, dropout=dropout,
-        context_mode=context_mode, name="ciss_net",
+        context_mode=context_mode, context_encoder_norm=context_encoder_norm, name="ciss_net",
     )
 
 
@@ -97,5 +104,5 @@ def model_from_flags(num_classes, stage="ciss"):
         )
     return build_ciss_net(
         num_classes, flag_values.preset, flag_values.context_mode, flag_values.dropout,
-        flag_values.stem,
+        flag_values.stem, flag_values.context_encoder_norm,
     )

@@ -5,7 +5,7 @@ original feeds probabilities, with no gradient into the S-Net), it predicts per 
 policy over two actions (0: ignore the prediction, 1: keep it as context) and a value
 (paper Sec. 3.1 and Fig. 3 b: "five layers", the heads sharing all but the last one):
 
-    E      = [P_t, b6, b3, b2, b1]          pyramid branches of 64 channels, batch norm
+    E      = [P_t, b6, b3, b2, b1]          pyramid branches of 64 channels, GroupNorm
     z      = trunk([X, E])                  as the Bias Net's, own weights
     policy = softmax(conv1x1_2(z))          with bias
     value  = conv1x1_1(z)                   no bias
@@ -29,10 +29,12 @@ class ContextNet(keras.layers.Layer):
       branch_channels: width of each pyramid branch (64).
       bins: pyramid grid sizes.
       dropout: dropout rate.
+      norm: normalisation of the pyramid branches: "group" (the paper: GroupNorm in every
+        head layer) or "batch" (the authors' code).
     """
 
     def __init__(self, num_classes, feature_channels, channels=512, branch_channels=64,
-                 bins=(1, 2, 3, 6), dropout=0.1, **kwargs):
+                 bins=(1, 2, 3, 6), dropout=0.1, norm="group", **kwargs):
         super().__init__(**kwargs)
         self.num_classes = num_classes
         self.feature_channels = feature_channels
@@ -40,7 +42,8 @@ class ContextNet(keras.layers.Layer):
         self.branch_channels = branch_channels
         self.bins = tuple(bins)
         self.dropout = dropout
-        self.encoder = PyramidPooling(branch_channels, bins, norm="batch", name="encoder")
+        self.norm = norm
+        self.encoder = PyramidPooling(branch_channels, bins, norm=norm, name="encoder")
         self.trunk = ContextTrunk(
             feature_channels, num_classes + branch_channels * len(self.bins), channels,
             dropout, name="trunk",
@@ -72,6 +75,6 @@ class ContextNet(keras.layers.Layer):
         config.update(
             num_classes=self.num_classes, feature_channels=self.feature_channels,
             channels=self.channels, branch_channels=self.branch_channels, bins=self.bins,
-            dropout=self.dropout,
+            dropout=self.dropout, norm=self.norm,
         )
         return config

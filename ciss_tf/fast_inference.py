@@ -4,8 +4,8 @@
 inference of SPEC.md section 2 with these rewrites, each an algebraic identity (results
 differ from the plain model by float32 rounding only; the tests bound it):
 
-1. **Batch norm folded.** The frozen feature net's batch norms (and the Context Net's
-   encoder batch norms, in inference mode) become a scale of the conv kernel and a bias:
+1. **Batch norm folded.** The frozen feature net's batch norms become a scale of the conv
+   kernel and a bias:
    `bn(conv(x, W)) = conv(x, W * s) + (beta - mean * s)` with `s = gamma / sqrt(var + eps)`.
 2. **X never materialised.** `X = [res5, up(p6), up(p3), up(p2), up(p1)]`: half of its 4096
    channels are bilinear upsamplings of tiny pooled maps (the PPM branches, 1x1 to 6x6).
@@ -31,7 +31,8 @@ differ from the plain model by float32 rounding only; the tests bound it):
    transforms are additions only and run as XLA-fused kernels; the products stay TF
    matmuls. Rounding grows to ~1e-5 relative per conv (the tests bound it).
 
-The GroupNorms run as in the model (GroupNorm depends on the data and cannot be folded).
+The GroupNorms run as in the model (GroupNorm depends on the data and cannot be folded), and
+so do the encoders' pyramid branches (a few cells each, whatever their norm).
 Use it through `tf.function`; the benchmark and the exporter do (the exporter without
 Winograd: a served graph takes images of any size).
 """
@@ -449,12 +450,6 @@ class FastCissNet(tf.Module):
         self.bias_e_kernels = self._encoder_kernels(self.bias_net, model.num_classes + 1, dtype)
         self.context_net = model.context_net
         if self.context_net is not None:
-            self.context_encoder = [
-                self._folded_1x1(conv, norm, dtype)
-                for conv, norm in zip(
-                    self.context_net.encoder.convs, self.context_net.encoder.norms, strict=True
-                )
-            ]
             self.context_e_kernels = self._encoder_kernels(
                 self.context_net, model.num_classes, dtype
             )
@@ -513,28 +508,28 @@ class FastCissNet(tf.Module):
             y += conv3x3_of_upsampled(branch, kernel, size)
         return y
 
+    @staticmethod
+    def _branches(net, encoded_map):
+        """The pyramid branches of a net's encoder (its own layers, inference mode)."""
+        return [
+            tf.nn.relu(norm(conv(cells), training=False))
+            for cells, conv, norm in zip(
+                pyramid_pool(encoded_map, net.bins), net.encoder.convs, net.encoder.norms,
+                strict=True,
+            )
+        ]
+
     def _bias_logits(self, projected, context_map):
         net = self.bias_net
         onehot = tf.one_hot(context_map, self.num_classes + 1, dtype=self.dtype)
-        branches = [
-            tf.nn.relu(norm(conv(cells)))
-            for cells, conv, norm in zip(
-                pyramid_pool(onehot, net.bins), net.encoder.convs, net.encoder.norms, strict=True
-            )
-        ]
+        branches = self._branches(net, onehot)
         c1 = projected + self._encoded_conv(self.bias_e_kernels, onehot, branches)
         return net.classifier(net.trunk.from_first_conv(c1, convs=self.trunk_convs[0]))
 
     def _keep(self, projected, logits):
         """The greedy action of the Context Net for the p-map of `logits`."""
         probabilities = tf.cast(tf.nn.softmax(tf.cast(logits, tf.float32)), self.dtype)
-        branches = [
-            _pointwise_relu(cells, kernel, bias)
-            for cells, (kernel, bias) in zip(
-                pyramid_pool(probabilities, self.context_net.bins), self.context_encoder,
-                strict=True,
-            )
-        ]
+        branches = self._branches(self.context_net, probabilities)
         c1 = projected + self._encoded_conv(self.context_e_kernels, probabilities, branches)
         z = self.context_net.trunk.from_first_conv(c1, convs=self.trunk_convs[1])
         policy_logits = self.context_net.policy_head(z)

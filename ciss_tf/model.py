@@ -74,6 +74,8 @@ class CissNet(keras.Model):
       context_branch_channels: pyramid branch width of the p-map encoder (64).
       dropout: dropout rate of the three nets (0.1).
       context_mode: "learned", "pmap" or "none" (see the module docstring).
+      context_encoder_norm: "group" (the paper) or "batch" (the authors' code): the norm of
+        the Context Net's pyramid branches.
 
     Example:
       >>> net = CissNet(4, feature_net=dict(depths=(1, 1, 1, 1), width=8,
@@ -85,7 +87,8 @@ class CissNet(keras.Model):
     """
 
     def __init__(self, num_classes, feature_net=None, channels=512, bias_branch_channels=256,
-                 context_branch_channels=64, dropout=0.1, context_mode="learned", **kwargs):
+                 context_branch_channels=64, dropout=0.1, context_mode="learned",
+                 context_encoder_norm="group", **kwargs):
         super().__init__(**kwargs)
         if context_mode not in CONTEXT_MODES:
             raise ValueError(f"context_mode must be one of {CONTEXT_MODES}, got {context_mode!r}")
@@ -96,6 +99,7 @@ class CissNet(keras.Model):
         self.context_branch_channels = context_branch_channels
         self.dropout = dropout
         self.context_mode = context_mode
+        self.context_encoder_norm = context_encoder_norm
         self.feature_net = FeatureNet(**self.feature_net_config, freeze_bn=True, name="feature_net")
         self.feature_net.trainable = False
         feature_channels = self.feature_net.output_channels
@@ -107,7 +111,7 @@ class CissNet(keras.Model):
         self.context_net = (
             ContextNet(
                 num_classes, feature_channels, channels, context_branch_channels,
-                dropout=dropout, name="context_net",
+                dropout=dropout, norm=context_encoder_norm, name="context_net",
             )
             if context_mode == "learned" else None
         )
@@ -206,6 +210,7 @@ class CissNet(keras.Model):
             "bias_branch_channels": self.bias_branch_channels,
             "context_branch_channels": self.context_branch_channels,
             "dropout": self.dropout, "context_mode": self.context_mode,
+            "context_encoder_norm": self.context_encoder_norm,
         }
 
 

@@ -2,9 +2,10 @@
 
 One layer serves three places that share the same shape of computation: the feature net's
 PPM (bins 1, 2, 3, 6, 512 channels, batch norm), the Bias Net's context encoder (256
-channels, GroupNorm) and the Context Net's p-map encoder (64 channels, batch norm in the
-original). Each branch is: average pool with kernel = stride = ceil(size / bin), 1x1 conv
-(no bias), normalisation, ReLU, bilinear upsampling back to the input size.
+channels, GroupNorm) and the Context Net's p-map encoder (64 channels, GroupNorm; batch
+norm in the original). Each branch is: average pool with kernel = stride =
+ceil(size / bin), 1x1 conv (no bias), normalisation, ReLU, bilinear upsampling back to the
+input size.
 """
 
 import keras

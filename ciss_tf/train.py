@@ -379,8 +379,9 @@ def train():
             trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError) as error:
             raise ValueError(
-                f"{latest} does not match this model (another preset, dataset or context "
-                f"mode?); use a new --model_dir. {str(error).splitlines()[0][:200]}"
+                f"{latest} does not match this model (another preset, dataset, context mode "
+                f"or --context_encoder_norm?); use a new --model_dir. "
+                f"{str(error).splitlines()[0][:200]}"
             ) from None
         logging.info("Resumed from %s at step %d", latest, int(trainer.step.numpy()))
     elif FLAGS.imagenet_weights and FLAGS.stage == "pspnet":

@@ -42,9 +42,11 @@ def _perturb_statistics(model, seed=0):
             variable.assign(rng.normal(0.0, 0.3, shape))
 
 
-def _tiny(context_mode="learned"):
+def _tiny(context_mode="learned", context_encoder_norm="group"):
     keras.utils.set_random_seed(0)
-    model = config.build_ciss_net(NUM_CLASSES, "tiny", context_mode)
+    model = config.build_ciss_net(
+        NUM_CLASSES, "tiny", context_mode, context_encoder_norm=context_encoder_norm
+    )
     model(tf.zeros([1, 33, 33, 3]), num_steps=1)
     _perturb_statistics(model)
     if model.context_net is not None:
@@ -178,11 +180,12 @@ def test_winograd_kernel_hand_value_and_static_shape_check():
 
 
 @pytest.mark.parametrize(
-    "context_mode,winograd", [("learned", False), ("pmap", False), ("none", False),
-                              ("learned", True)],
+    "context_mode,winograd,norm", [("learned", False, "group"), ("learned", False, "batch"),
+                                   ("pmap", False, "group"), ("none", False, "group"),
+                                   ("learned", True, "group")],
 )
-def test_fast_unroll_equals_plain_model_at_every_step(context_mode, winograd):
-    model = _tiny(context_mode)
+def test_fast_unroll_equals_plain_model_at_every_step(context_mode, winograd, norm):
+    model = _tiny(context_mode, norm)
     # Every tiny conv is narrow: admit them all, so that each Winograd site is exercised.
     net = FastCissNet(model, winograd=winograd, winograd_min_channels=1)
     if winograd:

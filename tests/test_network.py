@@ -172,8 +172,18 @@ def test_layer_config_round_trip(layer, args):
     assert clone.get_config() == layer.get_config()
 
 
+def test_context_encoder_norm_is_the_papers_group_norm_unless_asked():
+    def norms(**kwargs):
+        net = config.build_ciss_net(NUM_CLASSES, "tiny", **kwargs)
+        return {type(norm).__name__ for norm in net.context_net.encoder.norms}
+
+    assert norms() == {"GroupNormalization"}
+    assert norms(context_encoder_norm="batch") == {"BatchNormalization"}
+
+
 def test_model_config_round_trip():
-    for model in (_tiny(), config.build_pspnet(3, "tiny")):
+    batch = config.build_ciss_net(NUM_CLASSES, "tiny", context_encoder_norm="batch")
+    for model in (_tiny(), batch, config.build_pspnet(3, "tiny")):
         clone = type(model).from_config(model.get_config())
         assert clone.get_config() == model.get_config()
     assert isinstance(config.build_pspnet(3, "tiny"), PSPNet)
