@@ -44,7 +44,7 @@ def test_camvid_table_matches_its_readme():
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ValueError, match="valid names: cityscapes, ade20k, pascal_context"):
+    with pytest.raises(ValueError, match="--dataset 'coco'; valid names: cityscapes, ade20k"):
         datasets.get_dataset_info("coco")
 
 

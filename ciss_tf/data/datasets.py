@@ -167,7 +167,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(
-            f"Unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}"
+            f"unknown --dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}"
         ) from None
 
 
