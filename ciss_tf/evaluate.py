@@ -272,6 +272,21 @@ def _write_json(path, report):
     os.replace(temporary, path)
 
 
+def _refuse_earlier_predictions(results_dir):
+    """Raises ValueError if `results_dir` already holds PNGs.
+
+    The official evaluation scores whatever PNG under the folder matches each ground-truth
+    file, so predictions left from an earlier run would be scored as this run's.
+    """
+    for folder, _, names in os.walk(results_dir):
+        for name in sorted(names):
+            if name.endswith(".png"):
+                raise ValueError(
+                    f"--cityscapes_results_dir {results_dir} already holds prediction PNGs "
+                    f"(e.g. {os.path.join(folder, name)}); give an empty or new folder"
+                )
+
+
 def evaluate_from_flags():
     """Runs the evaluation the flags describe; returns the report written as JSON."""
     steps = _parse_steps(FLAGS.eval_steps)
@@ -297,6 +312,8 @@ def evaluate_from_flags():
         raise ValueError(
             f"--cityscapes_step={FLAGS.cityscapes_step} is not one of --eval_steps={steps}"
         )
+    if results_dir:
+        _refuse_earlier_predictions(results_dir)
     split = FLAGS.split or info.eval_split
     pattern = input_pipeline.split_file_pattern(FLAGS.data_dir, split)
     _, counts = tfrecord.check_shards(pattern)

@@ -26,6 +26,7 @@ the flags and restoring a checkpoint, and the flags parser that lets them read a
 experiment's flagfile (which also holds training flags).
 """
 
+import itertools
 import math
 import sys
 
@@ -336,9 +337,9 @@ def load_model(num_classes, checkpoint, stage="ciss"):
 def parse_flags(argv):
     """Flags parser of the inference tools: skips foreign flags in flagfiles.
 
-    The tools read an experiment's flagfile, which also holds training flags; those are
-    dropped (flags given on the command line itself must all be known). Pass it to
-    `app.run(main, flags_parser=parse_flags)`.
+    The tools read an experiment's flagfile (`--flagfile=FILE` or `--flagfile FILE`), which
+    also holds training flags; those are dropped (flags given on the command line itself
+    must all be known). Pass it to `app.run(main, flags_parser=parse_flags)`.
 
     Args:
       argv: the full command line, program name first.
@@ -348,13 +349,20 @@ def parse_flags(argv):
     """
     flag_values = flags.FLAGS
     kept = []
+    args = iter(argv[1:])
     try:
-        for arg in argv[1:]:
-            if arg.lstrip("-").startswith("flagfile="):
-                expanded = flag_values.read_flags_from_files([arg], force_gnu=False)
-                kept.extend(a for a in expanded if _is_defined(a, flag_values))
+        for arg in args:
+            name = arg.lstrip("-")
+            if name.startswith("flagfile="):
+                directive = [arg]
+            elif name == "flagfile":
+                # `--flagfile FILE`: absl takes the next argument as the file.
+                directive = [arg, *itertools.islice(args, 1)]
             else:
                 kept.append(arg)
+                continue
+            expanded = flag_values.read_flags_from_files(directive, force_gnu=False)
+            kept.extend(a for a in expanded if _is_defined(a, flag_values))
         return flag_values([argv[0], *kept])
     except flags.Error as error:
         raise SystemExit(f"error: {error}") from None

@@ -104,23 +104,44 @@ def _find_splits(dataset: str, stack: contextlib.ExitStack) -> dict[str, sources
     if zip_dir:
         from data_prep import tfds_cityscapes  # tensorflow_datasets is slow to import
 
-        work_dir = _TFDS_DATA_DIR.value or stack.enter_context(
-            tempfile.TemporaryDirectory(prefix=".tfds-", dir=_OUTPUT_DIR.value)
-        )
+        work_dir = _TFDS_DATA_DIR.value
+        if not work_dir:
+            # The default work folder lives in the output folder, so that one has to exist
+            # before the zips are read; a failed run removes it again (see `main`).
+            tf.io.gfile.makedirs(_OUTPUT_DIR.value)
+            work_dir = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix=".tfds-", dir=_OUTPUT_DIR.value)
+            )
         return tfds_cityscapes.cityscapes_zip_splits(zip_dir, work_dir)
     if not input_dir:
         raise sources.DataPrepError(f"--input_dir is required for --dataset={dataset}")
     return sources.folder_splits(dataset, input_dir)
 
 
+def _outermost_missing(path: str) -> str | None:
+    """The outermost folder on `path` that does not exist yet; None if `path` exists."""
+    missing = None
+    while path and not tf.io.gfile.exists(path):
+        missing, path = path, os.path.dirname(path)
+        if path == missing:  # a root that does not exist
+            break
+    return missing
+
+
 def main(argv: list[str]) -> None:
-    """Converts the dataset named by the flags; exits 1 with one line on bad input."""
+    """Converts the dataset named by the flags; exits 1 with one `error:` line on bad input.
+
+    A run that fails leaves nothing behind: `writer.write_splits` removes its own staging
+    folder, and the folders this run created for the output are removed again.
+    """
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     dataset, output_dir = _DATASET.value, _OUTPUT_DIR.value
+    new_folder = None
     try:
-        tf.io.gfile.makedirs(output_dir)
+        new_folder = _outermost_missing(output_dir)
         with contextlib.ExitStack() as stack:
+            # _find_splits checks the input layout before write_splits creates the output.
             written, skipped = writer.write_splits(
                 _find_splits(dataset, stack),
                 label_map=sources.LABEL_MAPS[dataset],
@@ -129,13 +150,19 @@ def main(argv: list[str]) -> None:
                 max_per_split=_MAX_IMAGES_PER_SPLIT.value,
                 skip_bad=_SKIP_BAD.value,
             )
-    except sources.DataPrepError as e:
-        sys.exit(f"build_tfrecords: error: {e}")
-    if _SKIP_BAD.value:
-        report = _REPORT_FILE.value or os.path.join(output_dir, "skipped.txt")
-        writer.write_report(report, skipped)
-        if skipped:
-            logging.warning("Skipped %d bad examples, listed in %s", len(skipped), report)
+        if _SKIP_BAD.value:
+            report = _REPORT_FILE.value or os.path.join(output_dir, "skipped.txt")
+            writer.write_report(report, skipped)
+    except (sources.DataPrepError, OSError, tf.errors.OpError) as error:
+        if new_folder and tf.io.gfile.exists(new_folder):
+            # Cleaning up must not replace the error being reported by another one.
+            with contextlib.suppress(tf.errors.OpError):
+                tf.io.gfile.rmtree(new_folder)
+        # As `inference.run_tool`: an OpError's own message (it names the file), first line.
+        message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        sys.exit(f"error: {message.strip().splitlines()[0]}")
+    if _SKIP_BAD.value and skipped:
+        logging.warning("Skipped %d bad examples, listed in %s", len(skipped), report)
     logging.info("Wrote %s to %s", ", ".join(f"{s}: {n}" for s, n in written.items()), output_dir)
 
 

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import cli_error_line
 
 from ciss_tf.data import synthetic, tfrecord
 from data_prep import sources, writer
@@ -82,8 +83,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def last_line(stderr: str) -> str:
-    return stderr.strip().splitlines()[-1]
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one `error: ...` line of a failed run (no traceback)."""
+    return cli_error_line((result.returncode, result.stdout, result.stderr))
 
 
 # --- Cityscapes ---------------------------------------------------------------------------
@@ -338,8 +340,8 @@ def test_bad_example_fails_with_one_line_naming_the_file(tmp_path, case):
         "--dataset=camvid", f"--input_dir={tmp_path / 'in'}", f"--output_dir={tmp_path / 'out'}"
     )
     assert result.returncode == 1
-    line = last_line(result.stderr)
-    assert line.startswith(f"build_tfrecords: error: {culprit}: ")
+    line = error_line(result)
+    assert line.startswith(f"error: {culprit}: ")
     assert message in line
     # Nothing written: not the train split converted before the failure, no staging folder.
     assert list((tmp_path / "out").iterdir()) == [old_shard]
@@ -375,12 +377,44 @@ def test_empty_input_dir_fails_with_one_line(tmp_path):
         "--dataset=ade20k", f"--input_dir={tmp_path / 'in'}", f"--output_dir={tmp_path / 'out'}"
     )
     assert result.returncode == 1
-    assert last_line(result.stderr) == (
-        f"build_tfrecords: error: --input_dir={tmp_path / 'in'}: no ade20k images found "
+    assert error_line(result) == (
+        f"error: --input_dir={tmp_path / 'in'}: no ade20k images found "
         "(expected ADEChallengeData2016/images/{training,validation}/*.jpg and "
         "ADEChallengeData2016/annotations/{training,validation}/*.png)"
     )
-    assert not list((tmp_path / "out").glob("*.tfrecord"))
+    # The output folder is created only once the input layout checks out.
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_that_cannot_be_created_fails_with_one_line(tmp_path):
+    blocker = write(tmp_path / "file", b"")
+    result = run_cli(
+        "--dataset=synthetic",
+        "--synthetic_num_train=1",
+        "--synthetic_num_val=1",
+        f"--output_dir={blocker / 'out'}",
+    )
+    assert result.returncode == 1
+    assert error_line(result) == f"error: {blocker} is not a directory"
+
+
+@pytest.mark.parametrize("case", ["bad_example", "bad_report_file"])
+def test_failed_run_removes_the_output_folder_it_created(tmp_path, case):
+    make_camvid(tmp_path / "in", np.random.default_rng(7))
+    label = write(tmp_path / "in" / "valannot" / "val_1.png", png(np.full((4, 6), 200, np.uint8)))
+    blocker = write(tmp_path / "file", b"")
+    out = tmp_path / "new" / "out"
+    args = ["--dataset=camvid", f"--input_dir={tmp_path / 'in'}", f"--output_dir={out}"]
+    if case == "bad_example":
+        culprit = label
+    else:
+        # The shards are complete when the report fails: they must go too.
+        culprit = blocker
+        args += ["--skip_bad", f"--report_file={blocker / 'skipped.txt'}"]
+    result = run_cli(*args)
+    assert result.returncode == 1
+    assert error_line(result).startswith(f"error: {culprit}")
+    assert not (tmp_path / "new").exists()
 
 
 def test_missing_label_file_is_named(tmp_path):

@@ -246,6 +246,22 @@ def test_cli_writes_contract_json_and_reports_bad_input(net, data_dir, tmp_path)
     assert "--eval_steps" in cli_error_line(bad_steps)
 
 
+def test_cli_refuses_a_cityscapes_results_dir_holding_earlier_predictions(tmp_path):
+    flagfile = tmp_path / "experiment.flags"
+    flagfile.write_text("--preset=tiny\n--dataset=cityscapes\n")
+    results_dir = tmp_path / "results"
+    earlier = results_dir / "ulm" / "ulm_000000_000000_pred_labelIds.png"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"earlier run")
+    # Neither data nor checkpoint exists: the folder must be refused before either is read.
+    error = cli_error_line(_finish(_start([
+        f"--flagfile={flagfile}", f"--data_dir={tmp_path / 'no_data'}",
+        f"--checkpoint={tmp_path / 'no_checkpoint'}", f"--cityscapes_results_dir={results_dir}",
+    ])))
+    assert f"--cityscapes_results_dir {results_dir} already holds prediction PNGs" in error
+    assert earlier.read_bytes() == b"earlier run"
+
+
 def test_our_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):
     label_to_train = np.full(256, 255, np.uint8)
     for label in cityscapes_labels:

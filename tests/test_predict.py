@@ -7,9 +7,10 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from conftest import cli_error_line, varied_tiny_net
 
-from ciss_tf import checkpoints, predict
+from ciss_tf import checkpoints, inference, predict
 from ciss_tf.data import input_pipeline, synthetic
 
 WHITE = [255, 255, 255]
@@ -133,3 +134,24 @@ def test_inputs_with_the_same_stem_are_refused(tmp_path):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(ValueError, match="same output files"):
         predict.list_images(str(tmp_path))
+
+
+@pytest.mark.parametrize("form", ["one_argument", "two_arguments"])
+def test_parse_flags_drops_training_flags_of_a_flagfile_in_either_form(tmp_path, monkeypatch,
+                                                                      form):
+    flag_values = flags.FlagValues()
+    flags.DEFINE_string("checkpoint", None, "", flag_values=flag_values)
+    flags.DEFINE_integer("num_steps", 0, "", flag_values=flag_values)
+    monkeypatch.setattr(flags, "FLAGS", flag_values)
+    flagfile = tmp_path / "experiment.flags"
+    flagfile.write_text("--checkpoint=ckpt\n--stage=ciss\n--unroll_steps=8\n")
+    directive = ([f"--flagfile={flagfile}"] if form == "one_argument"
+                 else ["--flagfile", str(flagfile)])
+    assert inference.parse_flags(["tool", *directive, "--num_steps", "2"]) == ["tool"]
+    assert (flag_values.checkpoint, flag_values.num_steps) == ("ckpt", 2)
+
+
+def test_parse_flags_names_a_flagfile_flag_without_its_file(monkeypatch):
+    monkeypatch.setattr(flags, "FLAGS", flags.FlagValues())
+    with pytest.raises(SystemExit, match="^error: .*--flagfile"):
+        inference.parse_flags(["tool", "--flagfile"])
