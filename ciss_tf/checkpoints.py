@@ -99,7 +99,8 @@ def restore_model(model, path_or_dir, prefix=""):
     if missing:
         raise ValueError(
             f"checkpoint {path} lacks {len(missing)} variables of {model.name}, e.g. "
-            f"{missing[0]!r} (different preset, dataset or context mode?)"
+            f"{missing[0]!r} (different preset, dataset, context mode or "
+            f"--context_encoder_norm?)"
         )
     tf.train.Checkpoint(model=present).restore(path).expect_partial()
     return path

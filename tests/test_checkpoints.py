@@ -54,3 +54,12 @@ def test_missing_variables_and_paths_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="no checkpoint in directory"):
         checkpoints.restore_model(learned, str(tmp_path / "empty"))
     assert checkpoints.step_of("/a/ckpt-1200") == 1200 and checkpoints.step_of("/a/x") == 0
+
+
+def test_a_batch_norm_context_encoder_checkpoint_names_the_flag(tmp_path):
+    def build(norm):
+        return config.build_ciss_net(4, "tiny", context_encoder_norm=norm)
+
+    prefix = checkpoints.save_model(_built(build, "batch", seed=1), str(tmp_path / "bn"))
+    with pytest.raises(ValueError, match=r"group_norm.*--context_encoder_norm\?"):
+        checkpoints.restore_model(_built(build, "group", seed=2), prefix)
