@@ -53,8 +53,8 @@ def test_gradients_reach_the_three_nets_and_not_the_feature_net(setup):
 
 def test_reduction_is_the_same_for_any_split_of_the_global_batch(setup):
     model, images, labels = setup
-    # Inference-mode batch norm: the p-map encoder's batch statistics would otherwise depend
-    # on the split (in training, replicas synchronise them instead).
+    # Inference mode: dropout masks (and, with --context_encoder_norm=batch, the p-map
+    # encoder's batch statistics) would otherwise depend on the split.
     ids = tf.constant([7, 8], tf.int64)
     whole = _loss(model, images, labels, 2, ids, training=False)
     halves = [
@@ -63,8 +63,10 @@ def test_reduction_is_the_same_for_any_split_of_the_global_batch(setup):
     ]
     for name in ("total", "policy", "value", "entropy", "segmentation", "reward"):
         np.testing.assert_allclose(
+            # atol: the policy term is a small sum of terms of both signs near 1, so its
+            # float32 rounding is absolute (~1e-7), not relative to the sum.
             float(whole[name]), float(halves[0][name]) + float(halves[1][name]), rtol=1e-5,
-            err_msg=name,
+            atol=2e-7, err_msg=name,
         )
 
 
