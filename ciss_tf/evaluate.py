@@ -300,6 +300,8 @@ def evaluate_from_flags():
         raise ValueError("--checkpoint is required")
     if not FLAGS.data_dir:
         raise ValueError("--data_dir is required (TFRecords written by data_prep)")
+    inference.check_local_output(FLAGS.output_json, "--output_json")
+    inference.check_local_output(FLAGS.cityscapes_results_dir, "--cityscapes_results_dir")
     info = datasets.get_dataset_info(FLAGS.dataset)
     results_dir, gt_dir = FLAGS.cityscapes_results_dir, FLAGS.cityscapes_gt_dir
     if (results_dir or gt_dir) and info.name != "cityscapes":

@@ -239,6 +239,7 @@ def _check_settings(export_dir, version, num_steps, max_image_size):
         raise ValueError(f"--num_steps must be >= 0, got {num_steps}")
     if max_image_size < 1:
         raise ValueError(f"--max_image_size must be positive, got {max_image_size}")
+    inference.check_local_output(export_dir, "--export_dir")
     target = os.path.join(export_dir, str(version))
     if os.path.exists(target):
         raise ValueError(f"{target} exists already; versions are never overwritten (--version)")

@@ -22,8 +22,9 @@ Probabilities are those of each requested step t (softmax of that step's logits)
 unroll to `max(steps)` gives every step.
 
 The module also holds what the three command-line tools share: building the model from
-the flags and restoring a checkpoint, and the flags parser that lets them read an
-experiment's flagfile (which also holds training flags).
+the flags and restoring a checkpoint, the flags parser that lets them read an
+experiment's flagfile (which also holds training flags), and the check that their outputs
+are local paths.
 """
 
 import itertools
@@ -332,6 +333,21 @@ def load_model(num_classes, checkpoint, stage="ciss"):
         lines = str(error.message).strip().splitlines() or [""]
         raise ValueError(f"cannot read checkpoint {path}: {lines[0][:300]}") from None
     return model, path
+
+
+def check_local_output(path, flag):
+    """Raises ValueError naming `flag` when the output `path` is a URL (gs://, s3://, ...).
+
+    The tools commit what they write with a local rename (TF Serving never sees half a
+    version; a report is whole or absent). Object stores have no atomic rename, and Python's
+    `os` functions would take `gs://bucket/x` for a local folder named `gs:`: a run would
+    seem to succeed and leave its output next to the working directory.
+    """
+    if path and "://" in path:
+        raise ValueError(
+            f"{flag}={path}: outputs are written to local paths only (committed by a local "
+            "rename); write locally, then copy (e.g. gsutil -m cp -r)"
+        )
 
 
 def parse_flags(argv):

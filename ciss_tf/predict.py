@@ -159,6 +159,7 @@ def predict_from_flags():
     for name in ("checkpoint", "input", "output_dir"):
         if not FLAGS[name].value:
             raise ValueError(f"--{name} is required")
+    inference.check_local_output(FLAGS.output_dir, "--output_dir")
     if FLAGS.num_steps < 0:
         raise ValueError(f"--num_steps must be >= 0, got {FLAGS.num_steps}")
     if not 0.0 <= FLAGS.overlay_alpha <= 1.0:

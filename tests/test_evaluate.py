@@ -191,10 +191,10 @@ def test_multi_scale_flip_and_sliding_window_follow_pspnet(net):
     np.testing.assert_array_equal(labels[0, 0], expected)
 
 
-def _start(args):
+def _start(args, cwd=None):
     return subprocess.Popen(
         [sys.executable, "-m", "ciss_tf.evaluate", *args], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, cwd=cwd,
     )
 
 
@@ -210,13 +210,15 @@ def test_cli_writes_contract_json_and_reports_bad_input(net, data_dir, tmp_path)
     flagfile.write_text("--preset=tiny\n--dataset=synthetic\n--unroll_steps=8\n")
     common = [f"--flagfile={flagfile}", f"--data_dir={data_dir}"]
     output = tmp_path / "out" / "eval.json"
-    # The three runs go in parallel: most of their time is importing TensorFlow.
+    url = "gs://no-such-bucket/eval.json"
+    # The runs go in parallel: most of their time is importing TensorFlow.
     runs = [
         _start([*common, f"--checkpoint={prefix}", "--eval_steps=0,2",
                 f"--output_json={output}"]),
         _start([*common, f"--checkpoint={tmp_path / 'nowhere'}",
                 f"--output_json={tmp_path / 'nowhere.json'}"]),
         _start([*common, f"--checkpoint={prefix}", "--eval_steps=0,two"]),
+        _start([*common, f"--checkpoint={prefix}", f"--output_json={url}"], cwd=tmp_path),
     ]
     examples = _fixture_arrays()
     expected = {
@@ -224,7 +226,7 @@ def test_cli_writes_contract_json_and_reports_bad_input(net, data_dir, tmp_path)
                                     [label for _, label in examples])
         for t in (0, 2)
     }
-    ok, missing, bad_steps = (_finish(run) for run in runs)
+    ok, missing, bad_steps, remote = (_finish(run) for run in runs)
 
     assert ok[0] == 0, ok[2]
     report = json.loads(output.read_text())
@@ -244,6 +246,9 @@ def test_cli_writes_contract_json_and_reports_bad_input(net, data_dir, tmp_path)
     assert str(tmp_path / "nowhere") in cli_error_line(missing)
     assert not (tmp_path / "nowhere.json").exists()
     assert "--eval_steps" in cli_error_line(bad_steps)
+    assert f"--output_json={url}: outputs are written to local paths only" in (
+        cli_error_line(remote))
+    assert not (tmp_path / "gs:").exists()
 
 
 def test_cli_refuses_a_cityscapes_results_dir_holding_earlier_predictions(tmp_path):

@@ -58,8 +58,12 @@ def _net():
     return varied_tiny_net(synthetic.NUM_CLASSES)
 
 
-def _start(args):
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+URL = "gs://no-such-bucket"
+
+
+def _start(args, cwd=None):
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=cwd)
 
 
 def _finish(process):
@@ -108,6 +112,8 @@ def exported(tmp_path_factory):
                            f"--export_dir={folder / 'other'}"]),
         "scale": _start([*export, f"--checkpoint={prefix}", f"--export_dir={folder / 'other'}",
                          "--input_scale=0"]),
+        "url": _start([*export, f"--checkpoint={prefix}", f"--export_dir={URL}/serving"],
+                      cwd=folder),
     }
     reference = {key: _reference(net, images) for key, images in inputs.items()}
     results = {name: _finish(run) for name, run in runs.items()}
@@ -163,6 +169,10 @@ def test_existing_version_and_missing_checkpoint_are_refused(exported):
     assert str(folder / "nowhere") in cli_error_line(results["missing"])
     assert "--input_scale must be a positive number" in cli_error_line(results["scale"])
     assert not (folder / "other").exists()
+    # os.makedirs would have taken the URL for a local folder "gs:" in the working directory.
+    assert f"--export_dir={URL}/serving: outputs are written to local paths only" in (
+        cli_error_line(results["url"]))
+    assert not (folder / "gs:").exists()
 
 
 def test_input_scale_runs_the_network_on_the_resized_image_and_answers_at_full_size():

@@ -42,10 +42,10 @@ def test_render_paints_classes_uncertain_pixels_white_and_lays_out_the_compariso
     assert single["compare"].shape == (2, 6, 3)
 
 
-def _start(args):
+def _start(args, cwd=None):
     return subprocess.Popen(
         [sys.executable, "-m", "ciss_tf.predict", *args], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, cwd=cwd,
     )
 
 
@@ -79,6 +79,8 @@ def test_cli_writes_predictions_context_maps_overlay_and_comparison(tmp_path):
         _start([*common, f"--input={inputs}", f"--output_dir={out}", "--num_steps=2"]),
         _start([*common, f"--input={tmp_path / 'missing.png'}", f"--output_dir={out}-2"]),
         _start([*common, f"--input={broken}", f"--output_dir={out}-3"]),
+        _start([*common, f"--input={inputs}", "--output_dir=gs://no-such-bucket/out"],
+               cwd=tmp_path),
     ]
     images = {
         "a": _read_rgb(inputs / "a.png"),
@@ -94,7 +96,7 @@ def test_cli_writes_predictions_context_maps_overlay_and_comparison(tmp_path):
             outputs["context"][:, 0, ..., tf.newaxis], size, align_corners=True
         )[..., 0]
         expected[stem] = (np.argmax(logits, -1), context.numpy())
-    ok, missing, bad = (_finish(run) for run in runs)
+    ok, missing, bad, remote = (_finish(run) for run in runs)
 
     assert ok[0] == 0, ok[2]
     suffixes = ["pred_t0", "pred_t1", "pred_t2", "context_t1", "context_t2", "overlay_t2",
@@ -127,6 +129,9 @@ def test_cli_writes_predictions_context_maps_overlay_and_comparison(tmp_path):
     assert str(tmp_path / "missing.png") in cli_error_line(missing)
     assert str(broken / "c.png") in cli_error_line(bad)
     assert not (tmp_path / "out-3").exists()
+    assert "--output_dir=gs://no-such-bucket/out: outputs are written to local paths only" in (
+        cli_error_line(remote))
+    assert not (tmp_path / "gs:").exists()
 
 
 def test_inputs_with_the_same_stem_are_refused(tmp_path):
