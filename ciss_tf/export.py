@@ -16,9 +16,11 @@ fixed at export time):
 * `serving_bytes`: `image_bytes` string `[B]`, encoded PNG / JPEG / BMP / GIF (decoded to
   RGB); all images of one request must have the same size.
 
-Both return `labels` int32 `[B, H, W]` (class ids at step T), `context` int32 `[B, H, W]`
+Both return `labels` int32 `[B, H, W]` (class ids at step T) and `context` int32 `[B, H, W]`
 (the last context map, fed to step T, upsampled nearest; 0 = uncertain, k = class k - 1
-kept; all 0 when T = 0) and `probabilities` float32 `[B, H, W, Nc]` (softmax at step T).
+kept; all 0 when T = 0); with `--probabilities`, also `probabilities` float32
+`[B, H, W, Nc]` (softmax at step T). That is Nc floats per pixel (160 MB for one Cityscapes
+image, far above gRPC's default 4 MB message and heavy as REST JSON), hence opt-in.
 Normalisation and resizing live inside the graph (`--input_scale` resizes the image before
 the network, for models trained at a reduced resolution). A request with a wrong dtype or rank
 fails at the signature; wrong channel counts, empty batches or images, images above the
@@ -54,6 +56,11 @@ def define_flags():
     )
     inference.define_input_scale_flag()
     flags.DEFINE_bool(
+        "probabilities", False,
+        "Also return `probabilities`, float32 [B, H, W, Nc] (softmax at step T), from both "
+        "signatures: Nc floats per pixel, so off by default.",
+    )
+    flags.DEFINE_bool(
         "fast", True,
         "Serve the exact inference-time rewrite (ciss_tf.fast_inference); --nofast serves "
         "the plain model.",
@@ -71,14 +78,16 @@ class ServingModule(tf.Module):
         rounding, fewer FLOPs) instead of the model itself.
       input_scale: images are resized by this factor before the network (the outputs
         still have the request's size).
+      probabilities: also return the class probabilities at step T.
     """
 
     def __init__(self, model, num_steps, max_image_size=DEFAULT_MAX_IMAGE_SIZE, fast=True,
-                 input_scale=1.0):
+                 input_scale=1.0, probabilities=False):
         super().__init__(name="ciss_serving")
         self.num_steps = num_steps
         self.max_image_size = max_image_size
         self.input_scale = input_scale
+        self.probabilities = probabilities
         # The networks live in a closure, out of TensorFlow's object graph: Keras 3 layers
         # hide the sub-layers they keep in lists from it, and a tracked Keras model would be
         # saved with a traced signature of its own (slow, unused). `signatures` tracks the
@@ -121,7 +130,10 @@ class ServingModule(tf.Module):
             context = inference.upsample_context(context[-1], size)
         else:
             context = tf.zeros_like(labels)
-        return {"labels": labels, "context": context, "probabilities": tf.nn.softmax(logits)}
+        outputs = {"labels": labels, "context": context}
+        if self.probabilities:
+            outputs["probabilities"] = tf.nn.softmax(logits)
+        return outputs
 
     def decode(self, image_bytes):
         """Encoded images `[B]` of one size -> uint8 RGB `[B, H, W, 3]`."""
@@ -174,7 +186,8 @@ def _decode(data):
 
 
 def export_saved_model(model, export_dir, version, *, num_steps=2,
-                       max_image_size=DEFAULT_MAX_IMAGE_SIZE, fast=True, input_scale=1.0):
+                       max_image_size=DEFAULT_MAX_IMAGE_SIZE, fast=True, input_scale=1.0,
+                       probabilities=False):
     """Saves `model` as `export_dir/<version>/` with the two serving signatures.
 
     Args:
@@ -185,6 +198,7 @@ def export_saved_model(model, export_dir, version, *, num_steps=2,
       max_image_size: largest height and width accepted.
       fast: serve `fast_inference.FastCissNet` (see `ServingModule`).
       input_scale: resize factor applied to images before the network.
+      probabilities: also return the class probabilities (`ServingModule`).
 
     Returns:
       The path of the version folder.
@@ -193,7 +207,7 @@ def export_saved_model(model, export_dir, version, *, num_steps=2,
       ValueError: the version exists already or is negative, or `num_steps` is negative.
     """
     target = _check_settings(export_dir, version, num_steps, max_image_size)
-    module = ServingModule(model, num_steps, max_image_size, fast, input_scale)
+    module = ServingModule(model, num_steps, max_image_size, fast, input_scale, probabilities)
     os.makedirs(export_dir, exist_ok=True)
     # TF Serving loads only folders named by an integer: this one is invisible to it.
     temporary = os.path.join(export_dir, f".incomplete-{version}-{os.getpid()}")
@@ -261,6 +275,7 @@ def export_from_flags():
     target = export_saved_model(
         model, FLAGS.export_dir, version, num_steps=FLAGS.num_steps,
         max_image_size=FLAGS.max_image_size, fast=FLAGS.fast, input_scale=FLAGS.input_scale,
+        probabilities=FLAGS.probabilities,
     )
     logging.info("Exported %s (T = %d) to %s", path, FLAGS.num_steps, target)
     print(target)

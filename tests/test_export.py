@@ -92,8 +92,8 @@ def exported(tmp_path_factory):
     flagfile.write_text("--preset=tiny\n--dataset=synthetic\n")
     export = [sys.executable, "-m", "ciss_tf.export", f"--flagfile={flagfile}"]
     export_dir = folder / "serving"
-    first = subprocess.run([*export, f"--checkpoint={prefix}", f"--export_dir={export_dir}"],
-                           capture_output=True, text=True, timeout=600)
+    first = subprocess.run([*export, f"--checkpoint={prefix}", f"--export_dir={export_dir}",
+                            "--probabilities"], capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
 
     rng = np.random.default_rng(0)
@@ -114,6 +114,7 @@ def exported(tmp_path_factory):
                          "--input_scale=0"]),
         "url": _start([*export, f"--checkpoint={prefix}", f"--export_dir={URL}/serving"],
                       cwd=folder),
+        "lean": _start([*export, f"--checkpoint={prefix}", f"--export_dir={folder / 'lean'}"]),
     }
     reference = {key: _reference(net, images) for key, images in inputs.items()}
     results = {name: _finish(run) for name, run in runs.items()}
@@ -161,6 +162,18 @@ def test_saved_model_cli_lists_both_signatures(exported):
     for signature in (default, encoded):
         for output in ("labels", "context", "probabilities"):
             assert f"outputs['{output}']" in signature
+
+
+def test_probabilities_are_left_out_unless_asked_for(exported):
+    folder, _, _, reference, results = exported
+    assert results["lean"][0] == 0, results["lean"][2]
+    loaded = tf.saved_model.load(str(folder / "lean" / "7"))
+    outputs = loaded.signatures["serving_default"](
+        images=tf.constant(np.load(folder / "inputs.npz")["a"])
+    )
+    assert sorted(outputs) == ["context", "labels"]
+    np.testing.assert_array_equal(outputs["labels"], reference["a"]["labels"])
+    np.testing.assert_array_equal(outputs["context"], reference["a"]["context"])
 
 
 def test_existing_version_and_missing_checkpoint_are_refused(exported):
