@@ -18,6 +18,8 @@ import os
 import tensorflow as tf
 
 FEATURE_NET_PREFIX = "feature_net/"
+# What to check when a checkpoint does not fit the model built from the flags.
+MISMATCH_SUSPECTS = "preset, dataset, context mode or --context_encoder_norm"
 
 
 def model_variables(model, prefix=""):
@@ -99,8 +101,7 @@ def restore_model(model, path_or_dir, prefix=""):
     if missing:
         raise ValueError(
             f"checkpoint {path} lacks {len(missing)} variables of {model.name}, e.g. "
-            f"{missing[0]!r} (different preset, dataset, context mode or "
-            f"--context_encoder_norm?)"
+            f"{missing[0]!r} (different {MISMATCH_SUSPECTS}?)"
         )
     tf.train.Checkpoint(model=present).restore(path).expect_partial()
     return path

@@ -379,8 +379,8 @@ def train():
             trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError) as error:
             raise ValueError(
-                f"{latest} does not match this model (another preset, dataset, context mode "
-                f"or --context_encoder_norm?); use a new --model_dir. "
+                f"{latest} does not match this model (another {checkpoints.MISMATCH_SUSPECTS}?); "
+                f"use a new --model_dir. "
                 f"{str(error).splitlines()[0][:200]}"
             ) from None
         logging.info("Resumed from %s at step %d", latest, int(trainer.step.numpy()))

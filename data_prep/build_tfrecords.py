@@ -158,9 +158,10 @@ def main(argv: list[str]) -> None:
             # Cleaning up must not replace the error being reported by another one.
             with contextlib.suppress(tf.errors.OpError):
                 tf.io.gfile.rmtree(new_folder)
-        # As `inference.run_tool`: an OpError's own message (it names the file), first line.
-        message = error.message if isinstance(error, tf.errors.OpError) else str(error)
-        sys.exit(f"error: {message.strip().splitlines()[0]}")
+        # An OpError's own message names the file; its str() adds TF's prefixes.
+        message = (writer.op_error_reason(error) if isinstance(error, tf.errors.OpError)
+                   else str(error))
+        sys.exit(f"error: {message}")
     if _SKIP_BAD.value and skipped:
         logging.warning("Skipped %d bad examples, listed in %s", len(skipped), report)
     logging.info("Wrote %s to %s", ", ".join(f"{s}: {n}" for s, n in written.items()), output_dir)

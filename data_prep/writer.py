@@ -60,7 +60,9 @@ def check_example(raw: RawExample, label_map: np.ndarray) -> tf.train.Example:
     try:
         image = tf.io.decode_image(raw.image, channels=3, expand_animations=False)
     except tf.errors.InvalidArgumentError as e:
-        raise DataPrepError(f"{raw.image_path}: cannot decode image ({_reason(e)})") from None
+        raise DataPrepError(
+            f"{raw.image_path}: cannot decode image ({op_error_reason(e)})"
+        ) from None
 
     if not raw.label.startswith(_PNG_SIGNATURE) or len(raw.label) < 26:
         raise DataPrepError(f"{raw.label_path}: label is not a PNG file")
@@ -74,7 +76,9 @@ def check_example(raw: RawExample, label_map: np.ndarray) -> tf.train.Example:
     try:
         label = tf.io.decode_png(raw.label, channels=1).numpy()[..., 0]
     except tf.errors.InvalidArgumentError as e:
-        raise DataPrepError(f"{raw.label_path}: cannot decode label ({_reason(e)})") from None
+        raise DataPrepError(
+            f"{raw.label_path}: cannot decode label ({op_error_reason(e)})"
+        ) from None
 
     height, width = int(image.shape[0]), int(image.shape[1])
     if label.shape != (height, width):
@@ -106,7 +110,7 @@ def _ranges(values: np.ndarray) -> str:
     return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
 
 
-def _reason(error: tf.errors.OpError) -> str:
+def op_error_reason(error: tf.errors.OpError) -> str:
     """The op's own message, without TF's function-node prefix and op suffix."""
     message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message)
     return re.sub(r"\s*\[Op:\w+\]", "", message).strip().splitlines()[0]
