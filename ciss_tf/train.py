@@ -143,6 +143,12 @@ def split_variables(model, stage):
     variables = model.trainable_variables
     if stage == "pspnet":
         return variables, [1.0] * len(variables)
+    if FLAGS.unroll_steps == 0:
+        # No context step: the Bias Net and the Context Net get no gradient, so they are
+        # neither updated nor decayed (they stay as initialised, like the unused weights
+        # of the paper's t = 0 Baseline).
+        base = model.base_net.trainable_variables
+        return base, [1.0] * len(base)
     base = {id(v) for v in model.base_net.trainable_variables}
     ratio = FLAGS.context_learning_rate / FLAGS.base_learning_rate
     return variables, [1.0 if id(v) in base else ratio for v in variables]
