@@ -75,7 +75,7 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ciss_tf import config, train
+from ciss_tf import cli, config, train
 from ciss_tf.data import datasets, input_pipeline, synthetic, tfrecord
 from ciss_tf.fast_inference import FastCissNet
 
@@ -530,6 +530,7 @@ def main(argv):
 def run():
     """Console entry point."""
     define_flags()
+    cli.list_flags_in_help(__name__)
     app.run(main)
 
 

@@ -51,7 +51,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from ciss_tf import checkpoints, config, export, inference, metrics, ops, train
+from ciss_tf import checkpoints, cli, config, export, inference, metrics, ops, train
 from ciss_tf.data import datasets, input_pipeline
 
 flags.DEFINE_string("workdir", "runs/demo", "Folder of the data, runs and results.")
@@ -65,6 +65,9 @@ flags.DEFINE_enum(
     "default: the real demo; test: a few steps on tiny images (for the test suite).",
 )
 flags.DEFINE_integer("data_seed", 0, "Seed of the synthetic dataset.")
+# The demo also reads these two (defined by the trainer and ciss_tf.config): list them in --help.
+flags.declare_key_flag("seed")
+flags.declare_key_flag("data_dir")
 
 FLAGS = flags.FLAGS
 
@@ -528,5 +531,11 @@ def main(argv):
         sys.exit(f"error: {error}")
 
 
-if __name__ == "__main__":
+def run():
+    """Console entry point `ciss-demo`."""
+    cli.list_flags_in_help(__name__)
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from ciss_tf import checkpoints, config, ops
+from ciss_tf import checkpoints, cli, config, ops
 from ciss_tf.model import CissNet
 
 POLICIES = ("greedy", "sample")
@@ -411,4 +411,5 @@ def run_tool(define_flags, body):
             sys.exit(f"error: {error.message.strip().splitlines()[0]}")
 
     define_flags()
+    cli.list_flags_in_help(define_flags.__module__, config.__name__, __name__)
     app.run(main, flags_parser=parse_flags)

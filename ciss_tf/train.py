@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ciss_tf import checkpoints, config, imagenet, losses
+from ciss_tf import checkpoints, cli, config, imagenet, losses
 from ciss_tf.data import datasets, input_pipeline
 
 flags.DEFINE_enum("stage", "ciss", ["pspnet", "ciss"], "pspnet: stage 1; ciss: stage 2.")
@@ -519,6 +519,7 @@ def main(argv):
 
 def run():
     """Console entry point."""
+    cli.list_flags_in_help(__name__, config.__name__)
     app.run(main)
 
 

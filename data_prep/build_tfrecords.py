@@ -30,6 +30,7 @@ import tempfile
 import tensorflow as tf
 from absl import app, flags, logging
 
+from ciss_tf import cli
 from ciss_tf.data import datasets
 from data_prep import sources, writer
 
@@ -171,6 +172,7 @@ def run() -> None:
     """Console entry point `ciss-build-tfrecords`."""
     # Required only here, so that importing this module elsewhere adds no required flag.
     flags.mark_flags_as_required(["dataset", "output_dir"])
+    cli.list_flags_in_help(__name__)
     app.run(main)
 
 

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
@@ -38,3 +40,16 @@ def cli_error_line(result):
     assert "Traceback" not in stderr
     assert lines[-1].startswith("error: "), stderr
     return lines[-1]
+
+
+@pytest.fixture(scope="session")
+def synthetic_records(tmp_path_factory):
+    """Folder of synthetic TFRecords (8 train, 2 val, 48x48), written in this process."""
+    from data_prep import sources, writer  # noqa: PLC0415  (after the environment above)
+
+    out = tmp_path_factory.mktemp("synthetic_records")
+    writer.write_splits(
+        sources.synthetic_splits(seed=0, num_train=8, num_val=2, height=48, width=48),
+        label_map=sources.LABEL_MAPS["synthetic"], output_dir=str(out),
+    )
+    return str(out)

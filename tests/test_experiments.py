@@ -1,15 +1,20 @@
-"""Every experiment flagfile parses for the trainer and builds its model at a tiny input."""
+"""Every experiment flagfile parses, builds its model and takes a training step."""
 
 import functools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
+import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
 from absl.testing import flagsaver
 
-from ciss_tf import config, train  # noqa: F401  (defines the flags the files set)
-from ciss_tf.data import datasets
+from ciss_tf import checkpoints, config, metrics, train
+from ciss_tf.data import datasets, input_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGFILES = sorted((ROOT / "experiments").glob("*.flags"))
@@ -66,3 +71,108 @@ def test_ablations_override_only_what_they_study(monkeypatch):
     with flagsaver.flagsaver():
         FLAGS(["train", "--flagfile=experiments/ade20k_pmap.flags"])
         assert FLAGS.context_mode == "pmap" and FLAGS.dataset == "ade20k"
+
+
+# Each flagfile's own settings (stage, optimizer, context mode, rewards, learning rates,
+# image panels), shrunk to the tiny preset on synthetic records so that one step is cheap.
+SHRUNK = [
+    "--preset=tiny", "--dataset=synthetic", "--crop_size=48,48", "--batch_size=2",
+    "--max_steps=1", "--log_every=1",
+]
+# T is shrunk too: every T >= 2 runs the same unrolled code as T = 2 (T = 0 and 1 stay).
+MAX_TEST_UNROLL = 2
+
+
+@pytest.fixture
+def no_graph_optimizer():
+    """One step of each graph: Grappler's rewrites would cost more than they save."""
+    saved = tf.config.optimizer.get_experimental_options()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    yield
+    tf.config.optimizer.set_experimental_options(
+        {"disable_meta_optimizer": saved.get("disable_meta_optimizer", False)}
+    )
+
+
+def _fresh_model(stage):
+    """The model the trainer builds from the parsed flags, at its initial weights."""
+    keras.utils.set_random_seed(FLAGS.seed)
+    model = config.model_from_flags(datasets.get_dataset_info("synthetic").num_classes, stage)
+    model(tf.zeros([1, 48, 48, 3]), **({} if stage == "pspnet" else {"num_steps": 1}))
+    return model
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: p.stem)
+def test_flagfile_takes_a_training_step(path, synthetic_records, tmp_path, monkeypatch,
+                                       no_graph_optimizer):
+    monkeypatch.chdir(ROOT)
+    model_dir = tmp_path / "run"
+    with flagsaver.flagsaver():
+        FLAGS(["train", f"--flagfile={path}", *SHRUNK, f"--data_dir={synthetic_records}",
+               f"--model_dir={model_dir}"])
+        FLAGS.unroll_steps = min(FLAGS.unroll_steps, MAX_TEST_UNROLL)
+        stage, steps = FLAGS.stage, FLAGS.unroll_steps
+        terms = train.train()
+        initial, trained = _fresh_model(stage), _fresh_model(stage)
+    tf.train.Checkpoint(model=checkpoints.model_variables(trained)).restore(
+        str(model_dir / "ckpt-1")
+    ).assert_existing_objects_matched()
+    assert np.isfinite(terms["total"])
+
+    def moved(net):
+        return any(
+            not np.array_equal(a.numpy(), b.numpy())
+            for a, b in zip(net.trainable_variables, getattr(initial, net.name)
+                            .trainable_variables, strict=True)
+        )
+
+    if stage == "pspnet":
+        assert moved(trained.feature_net) and moved(trained.head)
+        return
+    assert sorted(k for k in terms if k.startswith("segmentation_t")) == sorted(
+        f"segmentation_t{t}" for t in range(steps + 1)
+    )
+    assert ("policy" in terms) == (trained.context_net is not None)
+    assert moved(trained.base_net)
+    # Only what has a gradient moves: with T = 0 (the Baseline) neither the Bias Net nor the
+    # Context Net is updated or decayed; the frozen feature net never is.
+    assert moved(trained.bias_net) == (steps > 0)
+    if trained.context_net is not None:
+        assert moved(trained.context_net)
+    for a, b in zip(trained.feature_net.variables, initial.feature_net.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_baseline_flagfile_trains_and_evaluates_at_t0(synthetic_records, tmp_path,
+                                                      monkeypatch, no_graph_optimizer):
+    # Table 4's Baseline end to end: trained with T = 0, then scored by the evaluate command
+    # at t = 0 exactly as the Base Net's own argmax scores in this process.
+    monkeypatch.chdir(ROOT)
+    model_dir = tmp_path / "baseline"
+    flagfile = "--flagfile=experiments/ade20k_baseline.flags"
+    with flagsaver.flagsaver():
+        FLAGS(["train", flagfile, *SHRUNK, f"--data_dir={synthetic_records}",
+               f"--model_dir={model_dir}"])
+        train.train()
+        model = _fresh_model("ciss")
+    tf.train.Checkpoint(model=checkpoints.model_variables(model)).restore(
+        str(model_dir / "ckpt-1")
+    ).assert_existing_objects_matched()
+    output = tmp_path / "eval.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "ciss_tf.evaluate", flagfile, "--preset=tiny",
+         "--dataset=synthetic", f"--data_dir={synthetic_records}",
+         f"--checkpoint={model_dir}", "--eval_steps=0", f"--output_json={output}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    num_classes = datasets.get_dataset_info("synthetic").num_classes
+    confusion = np.zeros([num_classes, num_classes], np.int64)
+    pattern = input_pipeline.split_file_pattern(synthetic_records, "val")
+    for batch in input_pipeline.eval_dataset(pattern, num_classes=num_classes):
+        predicted = model.predict_labels(batch["image"], num_steps=0)
+        confusion += metrics.confusion_matrix(batch["label"], predicted, num_classes)
+    expected = metrics.segmentation_scores(confusion)["miou"]
+    scores = json.loads(output.read_text())["steps"]
+    assert list(scores) == ["0"]
+    np.testing.assert_allclose(scores["0"]["miou"], expected, rtol=1e-6)

@@ -1,5 +1,7 @@
 """Eq. 7 end to end on the tiny model: gradients reach the right nets, reduction is split-safe."""
 
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -90,3 +92,71 @@ def test_ablation_modes_train_only_the_segmentation_term():
     np.testing.assert_allclose(float(terms["total"]), 2.0 * float(terms["segmentation"]))
     assert float(terms["kept_fraction"]) == 1.0
     assert "policy" not in terms
+
+
+def test_two_step_episode_hand_computed():
+    """Eq. 4-7 on a two-step episode of one image with two pixels, a and b.
+
+    Classes 0 and 1; labels a = 0, b = 1. Each step's predictions, the context maps K_t,
+    actions, values and the bootstrap value are chosen so that pairing any of them with a
+    neighbouring step changes the loss: r_t must compare p-maps t and t + 1 and reward K_t;
+    R_1 must bootstrap from V_2, not V_1.
+    """
+    ln = math.log
+    logits = tf.constant([
+        [[[2.0, 0.0], [1.0, 0.0]]],  # t = 0: a -> 0 (right), b -> 0 (wrong)
+        [[[0.0, 1.0], [0.0, 2.0]]],  # t = 1: a -> 1 (wrong), b -> 1 (right)
+        [[[1.0, 0.0], [0.0, 1.0]]],  # t = 2: a -> 0 (right), b -> 1 (right)
+    ])[:, None]  # [T + 1 = 3, B = 1, h = 1, w = 2, Nc = 2]
+    labels = tf.constant([[[0, 1]]])
+    outputs = {
+        "logits": logits,
+        # K_0 keeps a's p-map (class 0 -> 1); K_1 keeps b's (class 1 -> 2).
+        "context": tf.constant([[[[1, 0]]], [[[0, 2]]]]),
+        "actions": tf.constant([[[[1, 0]]], [[[0, 1]]]]),
+        # Softmax [1/4, 3/4] from [0, ln 3], [1/2, 1/2] from [0, 0], [3/4, 1/4] from [ln 3, 0].
+        "policy_logits": tf.constant([
+            [[[[0.0, ln(3)], [0.0, 0.0]]]],
+            [[[[ln(3), 0.0], [0.0, ln(3)]]]],
+        ]),
+        "values": tf.constant([[[[0.1, 0.2]]], [[[0.3, -0.4]]]]),  # V_0, V_1
+        "bootstrap_value": tf.constant([[[1.0, 2.0]]]),  # V_2
+    }
+    terms = losses.ciss_loss(outputs, labels, global_batch_size=1, gamma=0.5, lambda1=0.5,
+                             lambda2=0.1, beta1=0.4, beta2=0.2, window=1)
+    # Rewards (Eq. 4, window 1: M of the pixel itself):
+    #   r_0 a: right -> wrong M = -1, K_0 = 1 = label + 1: + 0.4      -> -0.6
+    #   r_0 b: wrong -> right M = +1, K_0 = 0 (uncertain): + 0.2      ->  1.2
+    #   r_1 a: wrong -> right M = +1, K_1 = 0: + 0.2                  ->  1.2
+    #   r_1 b: right -> right M = 0.5, K_1 = 2 = label + 1: + 0.4     ->  0.9
+    # Returns (Eq. 5, gamma 0.5): R_1 = r_1 + 0.5 V_2 = (1.2 + 0.5, 0.9 + 1.0) = (1.7, 1.9)
+    #                             R_0 = r_0 + 0.5 R_1 = (-0.6 + 0.85, 1.2 + 0.95) = (0.25, 2.15)
+    # Advantages R - V: t = 0 (0.15, 1.95); t = 1 (1.4, 2.3).
+    # Log-probabilities of the actions taken: t = 0 a: ln 3/4 (keep), b: ln 1/2 (ignore);
+    #                                         t = 1 a: ln 3/4 (ignore), b: ln 3/4 (keep).
+    # Each term: mean over the two pixels per step, summed over the steps.
+    policy = (-ln(0.75) * 0.15 - ln(0.5) * 1.95) / 2 + (-ln(0.75) * 1.4 - ln(0.75) * 2.3) / 2
+    value = (0.15**2 + 1.95**2) / 2 + (1.4**2 + 2.3**2) / 2
+    e_quarter = 0.25 * ln(0.25) + 0.75 * ln(0.75)  # sum p log p of [1/4, 3/4] and [3/4, 1/4]
+    e_half = ln(0.5)
+    entropy = (e_quarter + e_half) / 2 + (e_quarter + e_quarter) / 2
+    # Cross-entropy ln(sum exp) - logit of the label, per step (a, b):
+    e = math.e
+    segmentation_t = [
+        ((ln(e**2 + 1) - 2) + ln(e + 1)) / 2,
+        (ln(1 + e) + (ln(1 + e**2) - 2)) / 2,
+        ((ln(e + 1) - 1) + (ln(1 + e) - 1)) / 2,
+    ]
+    expected = {
+        "policy": policy, "value": value, "entropy": entropy,
+        "segmentation": sum(segmentation_t),
+        **{f"segmentation_t{t}": v for t, v in enumerate(segmentation_t)},
+        "total": policy + value + 0.5 * sum(segmentation_t) + 0.1 * entropy,
+        # Statistics: per-step means, averaged over the T = 2 steps.
+        "reward": ((-0.6 + 1.2) / 2 + (1.2 + 0.9) / 2) / 2,
+        "return": ((0.25 + 2.15) / 2 + (1.7 + 1.9) / 2) / 2,
+        "value_estimate": ((0.1 + 0.2) / 2 + (0.3 - 0.4) / 2) / 2,
+        "kept_fraction": (1 / 2 + 1 / 2) / 2,
+    }
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(terms[name]), value, rtol=1e-5, err_msg=name)
