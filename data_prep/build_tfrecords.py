@@ -17,7 +17,8 @@ Datasets and expected layouts (`--input_dir`):
   ade20k          ADEChallengeData2016/images/{training,validation}/*.jpg,
                   ADEChallengeData2016/annotations/{training,validation}/*.png
   pascal_context  JPEGImages/*.jpg, SegmentationClassContext/*.png (values 0..59, 0 =
-                  background), ImageSets/SegmentationContext/{train,val}.txt
+                  background; 255 is refused), ImageSets/SegmentationContext/{train,val}.txt,
+                  as written by mmsegmentation's tools/dataset_converters/pascal_context.py
   camvid          {train,val,test}/*.png with {train,val,test}annot/*.png
   synthetic       generated (ciss_tf.data.synthetic); no --input_dir
 """
@@ -145,6 +146,7 @@ def main(argv: list[str]) -> None:
             written, skipped = writer.write_splits(
                 _find_splits(dataset, stack),
                 label_map=sources.LABEL_MAPS[dataset],
+                label_hint=sources.LABEL_HINTS.get(dataset, ""),
                 output_dir=output_dir,
                 num_shards=_NUM_SHARDS.value,
                 max_per_split=_MAX_IMAGES_PER_SPLIT.value,

@@ -74,10 +74,20 @@ LABEL_MAPS = {
     ),
     # 0 is "other objects", left out of the 150 classes; 1..150 shift down by one.
     "ade20k": _label_map({0: IGNORE, **{raw: raw - 1 for raw in range(1, 151)}}),
-    # 0 is background, a class of its own; 255 (if a converter wrote it) is ignored.
-    "pascal_context": _label_map({**{raw: raw for raw in range(60)}, IGNORE: IGNORE}),
+    # 0 is background, a class of its own. No ignore value: 255 is an error, as it is in
+    # the other common pc59 files (255 = background, 0..58 the classes) that would otherwise
+    # be read silently wrong.
+    "pascal_context": _label_map({raw: raw for raw in range(60)}),
     "camvid": _label_map({**{raw: raw for raw in range(11)}, 11: IGNORE}),
     "synthetic": _label_map({raw: raw for raw in range(synthetic.NUM_CLASSES)}),
+}
+
+_PASCAL_CONTEXT_CONVERTER = "mmsegmentation's tools/dataset_converters/pascal_context.py"
+
+# Appended to the error of a label value outside the dataset's table: which files it takes.
+LABEL_HINTS = {
+    "pascal_context": f"expected the output of {_PASCAL_CONTEXT_CONVERTER} "
+    "(0 = background, 1-59 the classes; files with 255 = background are not read)",
 }
 
 
@@ -180,7 +190,9 @@ def pascal_context_splits(input_dir: str) -> dict[str, Split]:
     from the PASCAL VOC 2010 trainval images and the PASCAL in Detail annotations
     (`trainval_merged.json`, via the Detail API): 8-bit grayscale PNGs holding 0..59, with
     0 = background (a class of its own) and 1..59 the 59 frequent classes. Values are kept;
-    255, which the converter never writes, is read as ignore; any other value is an error.
+    there is no ignore value: 255, which the converter never writes, is an error like any
+    other value above 59 (it marks the other common pc59 files, 255 = background and 0..58
+    the classes, which would otherwise be read silently wrong).
     `input_dir` may be `VOC2010` itself, `VOCdevkit` or the folder holding `VOCdevkit`.
     Every list file `ImageSets/SegmentationContext/<split>.txt` is one split.
     """

@@ -183,10 +183,10 @@ def make_pascal_context(root: Path, label_of: dict[str, np.ndarray]) -> None:
         write(root / "ImageSets" / "SegmentationContext" / f"{split}.txt", "\n".join(ids).encode())
 
 
-def test_pascal_context_keeps_0_to_59_and_255(tmp_path):
+def test_pascal_context_keeps_0_to_59(tmp_path):
     labels = {
-        "2008_000002": np.array([[0, 1, 59], [255, 30, 0]], np.uint8),
-        "2008_000003": np.array([[59, 59, 2], [0, 0, 255]], np.uint8),
+        "2008_000002": np.array([[0, 1, 59], [58, 30, 0]], np.uint8),
+        "2008_000003": np.array([[59, 59, 2], [0, 0, 1]], np.uint8),
     }
     make_pascal_context(tmp_path / "VOCdevkit" / "VOC2010", labels)
     written, _ = convert(
@@ -197,6 +197,28 @@ def test_pascal_context_keeps_0_to_59_and_255(tmp_path):
     assert set(records) == {"2008_000002.jpg", "2008_000003.jpg"}
     for name, record in records.items():
         np.testing.assert_array_equal(record["label"], labels[name[:-4]])
+    assert sources.LABEL_MAPS["pascal_context"][[0, 59, 60, 255]].tolist() == [0, 59, -1, -1]
+
+
+def test_pascal_context_255_is_refused_naming_the_converter(tmp_path):
+    # A pc59 file (255 = background, 0..58 the classes) must not pass as aeroplane etc.
+    make_pascal_context(
+        tmp_path / "VOC2010",
+        {
+            "2008_000002": np.array([[0, 1], [59, 0]], np.uint8),
+            "2008_000003": np.array([[255, 0], [58, 255]], np.uint8),
+        },
+    )
+    result = run_cli(
+        "--dataset=pascal_context", f"--input_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}"
+    )
+    label = tmp_path / "VOC2010" / "SegmentationClassContext" / "2008_000003.png"
+    assert error_line(result) == (
+        f"error: {label}: invalid label values [255] (valid: 0-59); expected the output of "
+        "mmsegmentation's tools/dataset_converters/pascal_context.py (0 = background, "
+        "1-59 the classes; files with 255 = background are not read)"
+    )
+    assert not (tmp_path / "out").exists()  # not even the train split checked before
 
 
 def test_pascal_context_value_60_is_an_error(tmp_path):
