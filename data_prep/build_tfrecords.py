@@ -15,10 +15,12 @@ Datasets and expected layouts (`--input_dir`):
                   --input_dir, --cityscapes_zip_dir=DIR with the two official zips
                   (read through tensorflow-datasets, see data_prep.tfds_cityscapes)
   ade20k          ADEChallengeData2016/images/{training,validation}/*.jpg,
-                  ADEChallengeData2016/annotations/{training,validation}/*.png
+                  ADEChallengeData2016/annotations/{training,validation}/*.png; a
+                  missing training/ or validation/ is warned about
   pascal_context  JPEGImages/*.jpg, SegmentationClassContext/*.png (values 0..59, 0 =
                   background; 255 is refused), ImageSets/SegmentationContext/{train,val}.txt,
-                  as written by mmsegmentation's tools/dataset_converters/pascal_context.py
+                  as written by mmsegmentation's tools/dataset_converters/pascal_context.py;
+                  a missing train.txt or val.txt is warned about
   camvid          {train,val,test}/*.png with {train,val,test}annot/*.png
   synthetic       generated (ciss_tf.data.synthetic); no --input_dir
 """

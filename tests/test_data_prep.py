@@ -1,5 +1,6 @@
 """data_prep: readers on fixtures in the real layouts, record contents, CLI errors, tfds."""
 
+import logging
 import re
 import socket
 import subprocess
@@ -88,6 +89,11 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return cli_error_line((result.returncode, result.stdout, result.stderr))
 
 
+def cli_splits(output_dir: Path) -> list[str]:
+    """The split names of the shards in `output_dir`, sorted."""
+    return sorted({p.name.split("-")[0] for p in output_dir.glob("*.tfrecord")})
+
+
 # --- Cityscapes ---------------------------------------------------------------------------
 
 CITYSCAPES_IDS = np.array([[7, 26, 0, 33], [9, 11, 23, 24], [1, 32, 31, 4]], np.uint8)
@@ -168,6 +174,20 @@ def test_ade20k_shifts_labels_and_ignores_zero(tmp_path):
     assert sources.LABEL_MAPS["ade20k"][[0, 1, 150, 151]].tolist() == [255, 0, 149, -1]
 
 
+def test_ade20k_missing_validation_folder_is_warned_about(tmp_path):
+    root = tmp_path / "in" / "ADEChallengeData2016"
+    image = cv2.imencode(".jpg", random_image(np.random.default_rng(10), 2, 3))[1].tobytes()
+    write(root / "images/training/ADE_train_00000001.jpg", image)
+    write(root / "annotations/training/ADE_train_00000001.png", png(np.ones((2, 3), np.uint8)))
+    result = run_cli(
+        "--dataset=ade20k", f"--input_dir={tmp_path / 'in'}", f"--output_dir={tmp_path / 'out'}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert cli_splits(tmp_path / "out") == ["train"]
+    warning = f"{root / 'images' / 'validation'} is missing or holds no *.jpg: no val split written"
+    assert [line for line in result.stderr.splitlines() if line.endswith("] " + warning)]
+
+
 # --- Pascal Context -----------------------------------------------------------------------
 
 
@@ -219,6 +239,29 @@ def test_pascal_context_255_is_refused_naming_the_converter(tmp_path):
         "1-59 the classes; files with 255 = background are not read)"
     )
     assert not (tmp_path / "out").exists()  # not even the train split checked before
+
+
+def test_pascal_context_without_split_lists_asks_for_the_converter(tmp_path):
+    write(tmp_path / "VOCdevkit" / "VOC2010" / "JPEGImages" / "2008_000002.jpg", b"x")
+    with pytest.raises(sources.DataPrepError) as error:
+        sources.folder_splits("pascal_context", str(tmp_path))
+    assert str(error.value) == (
+        f"--input_dir={tmp_path}: no ImageSets/SegmentationContext/ in it, in VOC2010/ or in "
+        "VOCdevkit/VOC2010/; run mmsegmentation's tools/dataset_converters/pascal_context.py "
+        "VOCdevkit trainval_merged.json first (it writes the label PNGs and the split lists)"
+    )
+
+
+def test_pascal_context_missing_val_list_is_warned_about(tmp_path, caplog):
+    make_pascal_context(tmp_path, {"2008_000002": np.zeros((2, 2), np.uint8)})
+    val_list = tmp_path / "ImageSets" / "SegmentationContext" / "val.txt"
+    val_list.unlink()
+    with caplog.at_level(logging.WARNING):
+        splits = sources.folder_splits("pascal_context", str(tmp_path))
+    assert list(splits) == ["train"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{val_list} is missing or lists no image: no val split written"
+    ]
 
 
 def test_pascal_context_value_60_is_an_error(tmp_path):
