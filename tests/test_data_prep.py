@@ -141,6 +141,38 @@ def test_cityscapes_folders_map_label_ids_to_train_ids(tmp_path):
         assert record["label_format"] == b"png"
 
 
+@pytest.mark.parametrize("splits", [None, "val,test"])
+def test_cityscapes_test_split_is_converted_only_on_request(tmp_path, splits):
+    make_cityscapes(tmp_path / "in", np.random.default_rng(8))
+    for i in range(2):  # the released test labels: all 0 (unlabeled), so all ignore
+        stem = f"berlin_{i:06d}_000019"
+        image = png(random_image(np.random.default_rng(i), 3, 4))
+        write(tmp_path / "in/leftImg8bit/test/berlin" / f"{stem}_leftImg8bit.png", image)
+        label = png(np.zeros((3, 4), np.uint8))
+        write(tmp_path / "in/gtFine/test/berlin" / f"{stem}_gtFine_labelIds.png", label)
+    result = run_cli(
+        "--dataset=cityscapes",
+        f"--input_dir={tmp_path / 'in'}",
+        f"--output_dir={tmp_path / 'out'}",
+        *([f"--splits={splits}"] if splits else []),
+    )
+    assert result.returncode == 0, result.stderr
+    skip_line = (
+        "Skipping the Cityscapes test split (2 images): its gtFine labels are placeholders "
+        "(all ignore), of no use for training or evaluation; --splits=train,val,test "
+        "converts it too"
+    )
+    if splits is None:
+        assert cli_splits(tmp_path / "out") == ["train", "val"]
+        assert any(line.endswith("] " + skip_line) for line in result.stderr.splitlines())
+    else:
+        assert cli_splits(tmp_path / "out") == ["test", "val"]
+        assert "Skipping the Cityscapes test split" not in result.stderr
+        test = read_records(tmp_path / "out", "test")
+        assert sorted(test) == [f"berlin_{i:06d}_000019_leftImg8bit.png" for i in range(2)]
+        assert all((r["label"] == 255).all() for r in test.values())
+
+
 def test_cityscapes_label_table_comes_from_cityscapesscripts():
     table = sources.LABEL_MAPS["cityscapes"]
     assert (table[7], table[8], table[26], table[0], table[33]) == (0, 1, 13, 255, 18)
@@ -448,6 +480,20 @@ def test_empty_input_dir_fails_with_one_line(tmp_path):
         "ADEChallengeData2016/annotations/{training,validation}/*.png)"
     )
     # The output folder is created only once the input layout checks out.
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_split_in_splits_flag_is_named(tmp_path):
+    make_camvid(tmp_path / "in", np.random.default_rng(9))
+    result = run_cli(
+        "--dataset=camvid",
+        f"--input_dir={tmp_path / 'in'}",
+        f"--output_dir={tmp_path / 'out'}",
+        "--splits=val,tset",
+    )
+    assert error_line(result) == (
+        "error: --splits=val,tset: no 'tset' split found (found: train, val)"
+    )
     assert not (tmp_path / "out").exists()
 
 
