@@ -4,20 +4,27 @@ r"""Converts a segmentation dataset into sharded TFRecords for ciss_tf.
         --input_dir=../shared/camvid --output_dir=/data/camvid_tfrecord
 
 writes `<split>-NNNNN-of-MMMMM.tfrecord` for every split found in `--input_dir`, labels in
-train ids with ignore = 255 (layout: `ciss_tf.data.tfrecord`). Every example is decoded and
-checked first (`data_prep.writer.check_example`); a bad one stops the run with one line
-naming the file and a non-zero exit, or with `--skip_bad` is listed in a report file.
-Shards appear only when every split is complete.
+train ids with ignore = 255 (layout: `ciss_tf.data.tfrecord`), or only those named in
+`--splits`. The one exception is the Cityscapes `test` split, skipped with a printed line
+unless named in `--splits`: its labels are placeholders (all ignore), of no use for
+training or evaluation. Every example is decoded and checked first
+(`data_prep.writer.check_example`); a bad one stops the run with one line naming the file
+and a non-zero exit, or with `--skip_bad` is listed in a report file. Shards appear only
+when every split is complete.
 
 Datasets and expected layouts (`--input_dir`):
   cityscapes      leftImg8bit/<split>/<city>/*_leftImg8bit.png,
                   gtFine/<split>/<city>/*_gtFine_labelIds.png; or, instead of
                   --input_dir, --cityscapes_zip_dir=DIR with the two official zips
-                  (read through tensorflow-datasets, see data_prep.tfds_cityscapes)
+                  (read through tensorflow-datasets, see data_prep.tfds_cityscapes);
+                  `test` only with --splits (see above)
   ade20k          ADEChallengeData2016/images/{training,validation}/*.jpg,
-                  ADEChallengeData2016/annotations/{training,validation}/*.png
+                  ADEChallengeData2016/annotations/{training,validation}/*.png; a
+                  missing training/ or validation/ is warned about
   pascal_context  JPEGImages/*.jpg, SegmentationClassContext/*.png (values 0..59, 0 =
-                  background), ImageSets/SegmentationContext/{train,val}.txt
+                  background; 255 is refused), ImageSets/SegmentationContext/{train,val}.txt,
+                  as written by mmsegmentation's tools/dataset_converters/pascal_context.py;
+                  a missing train.txt or val.txt is warned about
   camvid          {train,val,test}/*.png with {train,val,test}annot/*.png
   synthetic       generated (ciss_tf.data.synthetic); no --input_dir
 """
@@ -51,6 +58,13 @@ _TFDS_DATA_DIR = flags.DEFINE_string(
     "With --cityscapes_zip_dir: where tensorflow-datasets extracts and prepares the zips "
     "(kept, and reused by later runs). Default: a temporary folder in --output_dir, "
     "deleted at the end.",
+)
+_SPLITS = flags.DEFINE_list(
+    "splits",
+    None,
+    "Splits to convert, e.g. train,val. Default: every split found, except the Cityscapes "
+    "test split, whose gtFine labels are placeholders (all ignore) of no use for training "
+    "or evaluation; name it here (--splits=train,val,test) to convert it anyway.",
 )
 _NUM_SHARDS = flags.DEFINE_integer(
     "num_shards",
@@ -119,6 +133,37 @@ def _find_splits(dataset: str, stack: contextlib.ExitStack) -> dict[str, sources
     return sources.folder_splits(dataset, input_dir)
 
 
+def _select_splits(
+    dataset: str, splits: dict[str, sources.Split]
+) -> dict[str, sources.Split]:
+    """The splits named by `--splits`; by default all but the Cityscapes test split."""
+    if _SPLITS.value:
+        for split in _SPLITS.value:
+            if split not in splits:
+                raise sources.DataPrepError(
+                    f"--splits={','.join(_SPLITS.value)}: no {split!r} split found "
+                    f"(found: {', '.join(splits)})"
+                )
+        return {name: split for name, split in splits.items() if name in _SPLITS.value}
+    if dataset != "cityscapes" or "test" not in splits:
+        return splits
+    kept = {name: split for name, split in splits.items() if name != "test"}
+    if not kept:
+        source = (f"--input_dir={_INPUT_DIR.value}" if _INPUT_DIR.value
+                  else f"--cityscapes_zip_dir={_CITYSCAPES_ZIP_DIR.value}")
+        raise sources.DataPrepError(
+            f"{source}: only the Cityscapes test split was found, and its labels are "
+            "placeholders (all ignore); pass --splits=test to convert it anyway"
+        )
+    logging.warning(
+        "Skipping the Cityscapes test split (%d images): its gtFine labels are placeholders "
+        "(all ignore), of no use for training or evaluation; --splits=%s converts it too",
+        splits["test"].size,
+        ",".join([*kept, "test"]),
+    )
+    return kept
+
+
 def _outermost_missing(path: str) -> str | None:
     """The outermost folder on `path` that does not exist yet; None if `path` exists."""
     missing = None
@@ -144,8 +189,9 @@ def main(argv: list[str]) -> None:
         with contextlib.ExitStack() as stack:
             # _find_splits checks the input layout before write_splits creates the output.
             written, skipped = writer.write_splits(
-                _find_splits(dataset, stack),
+                _select_splits(dataset, _find_splits(dataset, stack)),
                 label_map=sources.LABEL_MAPS[dataset],
+                label_hint=sources.LABEL_HINTS.get(dataset, ""),
                 output_dir=output_dir,
                 num_shards=_NUM_SHARDS.value,
                 max_per_split=_MAX_IMAGES_PER_SPLIT.value,

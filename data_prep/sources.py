@@ -74,10 +74,20 @@ LABEL_MAPS = {
     ),
     # 0 is "other objects", left out of the 150 classes; 1..150 shift down by one.
     "ade20k": _label_map({0: IGNORE, **{raw: raw - 1 for raw in range(1, 151)}}),
-    # 0 is background, a class of its own; 255 (if a converter wrote it) is ignored.
-    "pascal_context": _label_map({**{raw: raw for raw in range(60)}, IGNORE: IGNORE}),
+    # 0 is background, a class of its own. No ignore value: 255 is an error, as it is in
+    # the other common pc59 files (255 = background, 0..58 the classes) that would otherwise
+    # be read silently wrong.
+    "pascal_context": _label_map({raw: raw for raw in range(60)}),
     "camvid": _label_map({**{raw: raw for raw in range(11)}, 11: IGNORE}),
     "synthetic": _label_map({raw: raw for raw in range(synthetic.NUM_CLASSES)}),
+}
+
+_PASCAL_CONTEXT_CONVERTER = "mmsegmentation's tools/dataset_converters/pascal_context.py"
+
+# Appended to the error of a label value outside the dataset's table: which files it takes.
+LABEL_HINTS = {
+    "pascal_context": f"expected the output of {_PASCAL_CONTEXT_CONVERTER} "
+    "(0 = background, 1-59 the classes; files with 255 = background are not read)",
 }
 
 
@@ -123,6 +133,16 @@ def _isdir(path: str) -> bool:
     return tf.io.gfile.isdir(path)
 
 
+def _warn_missing(splits: dict[str, Split], missing: list[tuple[str, str]], why: str) -> None:
+    """Warns about each expected (path, split) not found, unless no split was found at all.
+
+    With no split at all, `folder_splits` fails with the expected layout instead.
+    """
+    if splits:
+        for path, split in missing:
+            logging.warning("%s %s: no %s split written", path, why, split)
+
+
 def cityscapes_splits(input_dir: str) -> dict[str, Split]:
     """Cityscapes folders: `leftImg8bit/<split>/<city>/*_leftImg8bit.png`.
 
@@ -155,14 +175,17 @@ def cityscapes_splits(input_dir: str) -> dict[str, Split]:
 def ade20k_splits(input_dir: str) -> dict[str, Split]:
     """`ADEChallengeData2016/images/{training,validation}/*.jpg` and `annotations/.../*.png`.
 
-    `input_dir` may be `ADEChallengeData2016` itself or its parent.
+    `input_dir` may be `ADEChallengeData2016` itself or its parent. A missing (or empty)
+    `images/training` or `images/validation` is warned about, naming it.
     """
     root = os.path.join(input_dir, "ADEChallengeData2016")
     if not _isdir(root):
         root = input_dir
-    splits = {}
+    splits, missing = {}, []
     for folder, split in (("training", "train"), ("validation", "val")):
         images = _glob(os.path.join(root, "images", folder, "*.jpg"))
+        if not images:
+            missing.append((os.path.join(root, "images", folder), split))
         pairs = []
         for image in images:
             stem = os.path.splitext(os.path.basename(image))[0]
@@ -170,6 +193,7 @@ def ade20k_splits(input_dir: str) -> dict[str, Split]:
             pairs.append((image, _require_file(label, image)))
         if pairs:
             splits[split] = _pairs_split(split, pairs)
+    _warn_missing(splits, missing, "is missing or holds no *.jpg")
     return splits
 
 
@@ -180,9 +204,16 @@ def pascal_context_splits(input_dir: str) -> dict[str, Split]:
     from the PASCAL VOC 2010 trainval images and the PASCAL in Detail annotations
     (`trainval_merged.json`, via the Detail API): 8-bit grayscale PNGs holding 0..59, with
     0 = background (a class of its own) and 1..59 the 59 frequent classes. Values are kept;
-    255, which the converter never writes, is read as ignore; any other value is an error.
+    there is no ignore value: 255, which the converter never writes, is an error like any
+    other value above 59 (it marks the other common pc59 files, 255 = background and 0..58
+    the classes, which would otherwise be read silently wrong).
     `input_dir` may be `VOC2010` itself, `VOCdevkit` or the folder holding `VOCdevkit`.
-    Every list file `ImageSets/SegmentationContext/<split>.txt` is one split.
+    Every list file `ImageSets/SegmentationContext/<split>.txt` is one split; a missing
+    `train.txt` or `val.txt` is warned about.
+
+    Raises:
+        DataPrepError: no `ImageSets/SegmentationContext` folder (the converter has not
+            been run), or a listed image or label is missing.
     """
     for root in (
         input_dir,
@@ -193,7 +224,11 @@ def pascal_context_splits(input_dir: str) -> dict[str, Split]:
         if _isdir(list_dir):
             break
     else:
-        return {}
+        raise DataPrepError(
+            f"--input_dir={input_dir}: no ImageSets/SegmentationContext/ in it, in VOC2010/ "
+            f"or in VOCdevkit/VOC2010/; run {_PASCAL_CONTEXT_CONVERTER} VOCdevkit "
+            "trainval_merged.json first (it writes the label PNGs and the split lists)"
+        )
     splits = {}
     for list_file in _glob(os.path.join(list_dir, "*.txt")):
         split = os.path.splitext(os.path.basename(list_file))[0]
@@ -207,6 +242,12 @@ def pascal_context_splits(input_dir: str) -> dict[str, Split]:
             pairs.append((image, _require_file(label, image)))
         if pairs:
             splits[split] = _pairs_split(split, pairs)
+    missing = [
+        (os.path.join(list_dir, f"{split}.txt"), split)
+        for split in ("train", "val")
+        if split not in splits
+    ]
+    _warn_missing(splits, missing, "is missing or lists no image")
     return splits
 
 
@@ -264,7 +305,8 @@ EXPECTED_LAYOUT = {
     "ade20k": "ADEChallengeData2016/images/{training,validation}/*.jpg and "
     "ADEChallengeData2016/annotations/{training,validation}/*.png",
     "pascal_context": "JPEGImages/*.jpg, SegmentationClassContext/*.png and "
-    "ImageSets/SegmentationContext/<split>.txt",
+    "ImageSets/SegmentationContext/<split>.txt, the last two written by "
+    f"{_PASCAL_CONTEXT_CONVERTER}",
     "camvid": "<split>/*.png and <split>annot/*.png",
 }
 

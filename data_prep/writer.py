@@ -34,7 +34,9 @@ class Skipped:
     message: str
 
 
-def check_example(raw: RawExample, label_map: np.ndarray) -> tf.train.Example:
+def check_example(
+    raw: RawExample, label_map: np.ndarray, label_hint: str = ""
+) -> tf.train.Example:
     """Decodes and checks one example and builds its record.
 
     Checks: the image decodes (PNG or JPEG, 3 channels), the label is a single-channel
@@ -44,6 +46,8 @@ def check_example(raw: RawExample, label_map: np.ndarray) -> tf.train.Example:
     Args:
         raw: the example as read from the dataset.
         label_map: int [256] table raw label value -> train id, -1 for invalid values.
+        label_hint: appended to the error of an invalid label value (which files the
+            dataset takes); empty for none.
 
     Returns:
         The record.
@@ -92,6 +96,7 @@ def check_example(raw: RawExample, label_map: np.ndarray) -> tf.train.Example:
         raise DataPrepError(
             f"{raw.label_path}: invalid label values {bad[:10].tolist()} "
             f"(valid: {_ranges(np.flatnonzero(label_map >= 0))})"
+            + (f"; {label_hint}" if label_hint else "")
         )
     label_png = cv2.imencode(".png", train_ids.astype(np.uint8))[1].tobytes()
     return tfrecord.make_example(
@@ -129,6 +134,7 @@ def write_splits(
     num_shards: int = 0,
     max_per_split: int = 0,
     skip_bad: bool = False,
+    label_hint: str = "",
 ) -> tuple[dict[str, int], list[Skipped]]:
     """Checks and writes every split as `<split>-NNNNN-of-MMMMM.tfrecord` in `output_dir`.
 
@@ -140,6 +146,7 @@ def write_splits(
         num_shards: shards per split; 0 picks `auto_num_shards`.
         max_per_split: write at most this many examples per split; 0 writes all.
         skip_bad: leave out examples that fail a check instead of stopping.
+        label_hint: see `check_example`.
 
     Returns:
         (records written per split, the examples skipped).
@@ -167,7 +174,7 @@ def write_splits(
                 with tf.io.TFRecordWriter(os.path.join(staging, name)) as writer:
                     for raw in itertools.islice(examples, count):
                         try:
-                            record = check_example(raw, label_map)
+                            record = check_example(raw, label_map, label_hint)
                         except DataPrepError as e:
                             if not skip_bad:
                                 raise

@@ -1,5 +1,6 @@
 """data_prep: readers on fixtures in the real layouts, record contents, CLI errors, tfds."""
 
+import logging
 import re
 import socket
 import subprocess
@@ -88,6 +89,11 @@ def error_line(result: subprocess.CompletedProcess) -> str:
     return cli_error_line((result.returncode, result.stdout, result.stderr))
 
 
+def cli_splits(output_dir: Path) -> list[str]:
+    """The split names of the shards in `output_dir`, sorted."""
+    return sorted({p.name.split("-")[0] for p in output_dir.glob("*.tfrecord")})
+
+
 # --- Cityscapes ---------------------------------------------------------------------------
 
 CITYSCAPES_IDS = np.array([[7, 26, 0, 33], [9, 11, 23, 24], [1, 32, 31, 4]], np.uint8)
@@ -135,6 +141,38 @@ def test_cityscapes_folders_map_label_ids_to_train_ids(tmp_path):
         assert record["label_format"] == b"png"
 
 
+@pytest.mark.parametrize("splits", [None, "val,test"])
+def test_cityscapes_test_split_is_converted_only_on_request(tmp_path, splits):
+    make_cityscapes(tmp_path / "in", np.random.default_rng(8))
+    for i in range(2):  # the released test labels: all 0 (unlabeled), so all ignore
+        stem = f"berlin_{i:06d}_000019"
+        image = png(random_image(np.random.default_rng(i), 3, 4))
+        write(tmp_path / "in/leftImg8bit/test/berlin" / f"{stem}_leftImg8bit.png", image)
+        label = png(np.zeros((3, 4), np.uint8))
+        write(tmp_path / "in/gtFine/test/berlin" / f"{stem}_gtFine_labelIds.png", label)
+    result = run_cli(
+        "--dataset=cityscapes",
+        f"--input_dir={tmp_path / 'in'}",
+        f"--output_dir={tmp_path / 'out'}",
+        *([f"--splits={splits}"] if splits else []),
+    )
+    assert result.returncode == 0, result.stderr
+    skip_line = (
+        "Skipping the Cityscapes test split (2 images): its gtFine labels are placeholders "
+        "(all ignore), of no use for training or evaluation; --splits=train,val,test "
+        "converts it too"
+    )
+    if splits is None:
+        assert cli_splits(tmp_path / "out") == ["train", "val"]
+        assert any(line.endswith("] " + skip_line) for line in result.stderr.splitlines())
+    else:
+        assert cli_splits(tmp_path / "out") == ["test", "val"]
+        assert "Skipping the Cityscapes test split" not in result.stderr
+        test = read_records(tmp_path / "out", "test")
+        assert sorted(test) == [f"berlin_{i:06d}_000019_leftImg8bit.png" for i in range(2)]
+        assert all((r["label"] == 255).all() for r in test.values())
+
+
 def test_cityscapes_label_table_comes_from_cityscapesscripts():
     table = sources.LABEL_MAPS["cityscapes"]
     assert (table[7], table[8], table[26], table[0], table[33]) == (0, 1, 13, 255, 18)
@@ -168,6 +206,20 @@ def test_ade20k_shifts_labels_and_ignores_zero(tmp_path):
     assert sources.LABEL_MAPS["ade20k"][[0, 1, 150, 151]].tolist() == [255, 0, 149, -1]
 
 
+def test_ade20k_missing_validation_folder_is_warned_about(tmp_path):
+    root = tmp_path / "in" / "ADEChallengeData2016"
+    image = cv2.imencode(".jpg", random_image(np.random.default_rng(10), 2, 3))[1].tobytes()
+    write(root / "images/training/ADE_train_00000001.jpg", image)
+    write(root / "annotations/training/ADE_train_00000001.png", png(np.ones((2, 3), np.uint8)))
+    result = run_cli(
+        "--dataset=ade20k", f"--input_dir={tmp_path / 'in'}", f"--output_dir={tmp_path / 'out'}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert cli_splits(tmp_path / "out") == ["train"]
+    warning = f"{root / 'images' / 'validation'} is missing or holds no *.jpg: no val split written"
+    assert [line for line in result.stderr.splitlines() if line.endswith("] " + warning)]
+
+
 # --- Pascal Context -----------------------------------------------------------------------
 
 
@@ -183,10 +235,10 @@ def make_pascal_context(root: Path, label_of: dict[str, np.ndarray]) -> None:
         write(root / "ImageSets" / "SegmentationContext" / f"{split}.txt", "\n".join(ids).encode())
 
 
-def test_pascal_context_keeps_0_to_59_and_255(tmp_path):
+def test_pascal_context_keeps_0_to_59(tmp_path):
     labels = {
-        "2008_000002": np.array([[0, 1, 59], [255, 30, 0]], np.uint8),
-        "2008_000003": np.array([[59, 59, 2], [0, 0, 255]], np.uint8),
+        "2008_000002": np.array([[0, 1, 59], [58, 30, 0]], np.uint8),
+        "2008_000003": np.array([[59, 59, 2], [0, 0, 1]], np.uint8),
     }
     make_pascal_context(tmp_path / "VOCdevkit" / "VOC2010", labels)
     written, _ = convert(
@@ -197,6 +249,51 @@ def test_pascal_context_keeps_0_to_59_and_255(tmp_path):
     assert set(records) == {"2008_000002.jpg", "2008_000003.jpg"}
     for name, record in records.items():
         np.testing.assert_array_equal(record["label"], labels[name[:-4]])
+    assert sources.LABEL_MAPS["pascal_context"][[0, 59, 60, 255]].tolist() == [0, 59, -1, -1]
+
+
+def test_pascal_context_255_is_refused_naming_the_converter(tmp_path):
+    # A pc59 file (255 = background, 0..58 the classes) must not pass as aeroplane etc.
+    make_pascal_context(
+        tmp_path / "VOC2010",
+        {
+            "2008_000002": np.array([[0, 1], [59, 0]], np.uint8),
+            "2008_000003": np.array([[255, 0], [58, 255]], np.uint8),
+        },
+    )
+    result = run_cli(
+        "--dataset=pascal_context", f"--input_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}"
+    )
+    label = tmp_path / "VOC2010" / "SegmentationClassContext" / "2008_000003.png"
+    assert error_line(result) == (
+        f"error: {label}: invalid label values [255] (valid: 0-59); expected the output of "
+        "mmsegmentation's tools/dataset_converters/pascal_context.py (0 = background, "
+        "1-59 the classes; files with 255 = background are not read)"
+    )
+    assert not (tmp_path / "out").exists()  # not even the train split checked before
+
+
+def test_pascal_context_without_split_lists_asks_for_the_converter(tmp_path):
+    write(tmp_path / "VOCdevkit" / "VOC2010" / "JPEGImages" / "2008_000002.jpg", b"x")
+    with pytest.raises(sources.DataPrepError) as error:
+        sources.folder_splits("pascal_context", str(tmp_path))
+    assert str(error.value) == (
+        f"--input_dir={tmp_path}: no ImageSets/SegmentationContext/ in it, in VOC2010/ or in "
+        "VOCdevkit/VOC2010/; run mmsegmentation's tools/dataset_converters/pascal_context.py "
+        "VOCdevkit trainval_merged.json first (it writes the label PNGs and the split lists)"
+    )
+
+
+def test_pascal_context_missing_val_list_is_warned_about(tmp_path, caplog):
+    make_pascal_context(tmp_path, {"2008_000002": np.zeros((2, 2), np.uint8)})
+    val_list = tmp_path / "ImageSets" / "SegmentationContext" / "val.txt"
+    val_list.unlink()
+    with caplog.at_level(logging.WARNING):
+        splits = sources.folder_splits("pascal_context", str(tmp_path))
+    assert list(splits) == ["train"]
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{val_list} is missing or lists no image: no val split written"
+    ]
 
 
 def test_pascal_context_value_60_is_an_error(tmp_path):
@@ -383,6 +480,20 @@ def test_empty_input_dir_fails_with_one_line(tmp_path):
         "ADEChallengeData2016/annotations/{training,validation}/*.png)"
     )
     # The output folder is created only once the input layout checks out.
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_split_in_splits_flag_is_named(tmp_path):
+    make_camvid(tmp_path / "in", np.random.default_rng(9))
+    result = run_cli(
+        "--dataset=camvid",
+        f"--input_dir={tmp_path / 'in'}",
+        f"--output_dir={tmp_path / 'out'}",
+        "--splits=val,tset",
+    )
+    assert error_line(result) == (
+        "error: --splits=val,tset: no 'tset' split found (found: train, val)"
+    )
     assert not (tmp_path / "out").exists()
 
 
