@@ -5,9 +5,9 @@ r"""Converts a segmentation dataset into sharded TFRecords for ciss_tf.
 
 writes `<split>-NNNNN-of-MMMMM.tfrecord` for every split found in `--input_dir`, labels in
 train ids with ignore = 255 (layout: `ciss_tf.data.tfrecord`), or only those named in
-`--splits`. The one exception is the Cityscapes `test` split, skipped with a printed line
-unless named in `--splits`: its labels are placeholders (all ignore), of no use for
-training or evaluation. Every example is decoded and checked first
+`--splits`. Converting the Cityscapes `test` split prints a warning: its labels are
+placeholders (all ignore), of no use for training or evaluation (`--splits=train,val`
+leaves it out). Every example is decoded and checked first
 (`data_prep.writer.check_example`); a bad one stops the run with one line naming the file
 and a non-zero exit, or with `--skip_bad` is listed in a report file. Shards appear only
 when every split is complete.
@@ -17,7 +17,7 @@ Datasets and expected layouts (`--input_dir`):
                   gtFine/<split>/<city>/*_gtFine_labelIds.png; or, instead of
                   --input_dir, --cityscapes_zip_dir=DIR with the two official zips
                   (read through tensorflow-datasets, see data_prep.tfds_cityscapes);
-                  `test` only with --splits (see above)
+                  `test` is converted with a warning (see above)
   ade20k          ADEChallengeData2016/images/{training,validation}/*.jpg,
                   ADEChallengeData2016/annotations/{training,validation}/*.png; a
                   missing training/ or validation/ is warned about
@@ -62,9 +62,9 @@ _TFDS_DATA_DIR = flags.DEFINE_string(
 _SPLITS = flags.DEFINE_list(
     "splits",
     None,
-    "Splits to convert, e.g. train,val. Default: every split found, except the Cityscapes "
-    "test split, whose gtFine labels are placeholders (all ignore) of no use for training "
-    "or evaluation; name it here (--splits=train,val,test) to convert it anyway.",
+    "Splits to convert, e.g. train,val. Default: every split found (the Cityscapes test "
+    "split too, with a warning: its gtFine labels are placeholders, all ignore, of no use "
+    "for training or evaluation; --splits=train,val leaves it out).",
 )
 _NUM_SHARDS = flags.DEFINE_integer(
     "num_shards",
@@ -136,7 +136,7 @@ def _find_splits(dataset: str, stack: contextlib.ExitStack) -> dict[str, sources
 def _select_splits(
     dataset: str, splits: dict[str, sources.Split]
 ) -> dict[str, sources.Split]:
-    """The splits named by `--splits`; by default all but the Cityscapes test split."""
+    """The splits named by `--splits` (default: all), warning about Cityscapes `test`."""
     if _SPLITS.value:
         for split in _SPLITS.value:
             if split not in splits:
@@ -144,24 +144,16 @@ def _select_splits(
                     f"--splits={','.join(_SPLITS.value)}: no {split!r} split found "
                     f"(found: {', '.join(splits)})"
                 )
-        return {name: split for name, split in splits.items() if name in _SPLITS.value}
-    if dataset != "cityscapes" or "test" not in splits:
-        return splits
-    kept = {name: split for name, split in splits.items() if name != "test"}
-    if not kept:
-        source = (f"--input_dir={_INPUT_DIR.value}" if _INPUT_DIR.value
-                  else f"--cityscapes_zip_dir={_CITYSCAPES_ZIP_DIR.value}")
-        raise sources.DataPrepError(
-            f"{source}: only the Cityscapes test split was found, and its labels are "
-            "placeholders (all ignore); pass --splits=test to convert it anyway"
+        splits = {name: split for name, split in splits.items() if name in _SPLITS.value}
+    if dataset == "cityscapes" and "test" in splits:
+        logging.warning(
+            "Converting the Cityscapes test split (%d images): its gtFine labels are "
+            "placeholders (all ignore), of no use for training or evaluation; --splits=%s "
+            "leaves it out",
+            splits["test"].size,
+            ",".join(name for name in splits if name != "test") or "train,val",
         )
-    logging.warning(
-        "Skipping the Cityscapes test split (%d images): its gtFine labels are placeholders "
-        "(all ignore), of no use for training or evaluation; --splits=%s converts it too",
-        splits["test"].size,
-        ",".join([*kept, "test"]),
-    )
-    return kept
+    return splits
 
 
 def _outermost_missing(path: str) -> str | None:

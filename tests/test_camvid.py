@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ciss_tf import checkpoints, config, evaluate
+from ciss_tf.data import input_pipeline
+
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "camvid"
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
@@ -67,8 +70,20 @@ def test_camvid_flagfiles_train_both_stages_and_evaluate(tmp_path):
     assert len(stage1) > 50 and stage1.keys() == stage2.keys()
     for name, value in stage1.items():
         np.testing.assert_array_equal(stage2[name], value, err_msg=name)
-    scores = json.loads(out.read_text())["steps"]
-    assert sorted(scores) == ["0", "2"]
-    for step in scores.values():
+    report = json.loads(out.read_text())
+    assert sorted(report["steps"]) == ["0", "2"] and report["num_images"] == 2
+    # The command scores what the same checkpoint scores in this process, built with
+    # camvid.flags' settings (small preset, batch norm in the Context Net's branches).
+    model = config.build_ciss_net(11, "small", context_encoder_norm="batch")
+    model(tf.zeros([1, 64, 64, 3]), num_steps=1)
+    checkpoints.restore_model(model, str(tmp_path / "ciss"))
+    dataset = input_pipeline.eval_dataset(
+        input_pipeline.split_file_pattern(str(data), "val"), num_classes=11
+    )
+    expected = evaluate.evaluate_model(
+        model, dataset, num_classes=11, eval_steps=(0, 2), scales=(0.5,)
+    )["steps"]
+    for t, step in report["steps"].items():
         assert len(step["iou"]) == 11
-        assert 0.0 <= step["miou"] <= 1.0 and 0.0 <= step["pixel_accuracy"] <= 1.0
+        for key in ("miou", "pixel_accuracy"):
+            assert step[key] == pytest.approx(expected[t][key], rel=1e-6), (t, key)

@@ -141,8 +141,8 @@ def test_cityscapes_folders_map_label_ids_to_train_ids(tmp_path):
         assert record["label_format"] == b"png"
 
 
-@pytest.mark.parametrize("splits", [None, "val,test"])
-def test_cityscapes_test_split_is_converted_only_on_request(tmp_path, splits):
+@pytest.mark.parametrize("splits", [None, "train,val"])
+def test_cityscapes_test_split_is_converted_with_a_warning(tmp_path, splits):
     make_cityscapes(tmp_path / "in", np.random.default_rng(8))
     for i in range(2):  # the released test labels: all 0 (unlabeled), so all ignore
         stem = f"berlin_{i:06d}_000019"
@@ -157,20 +157,19 @@ def test_cityscapes_test_split_is_converted_only_on_request(tmp_path, splits):
         *([f"--splits={splits}"] if splits else []),
     )
     assert result.returncode == 0, result.stderr
-    skip_line = (
-        "Skipping the Cityscapes test split (2 images): its gtFine labels are placeholders "
-        "(all ignore), of no use for training or evaluation; --splits=train,val,test "
-        "converts it too"
+    warning = (
+        "Converting the Cityscapes test split (2 images): its gtFine labels are placeholders "
+        "(all ignore), of no use for training or evaluation; --splits=train,val leaves it out"
     )
-    if splits is None:
-        assert cli_splits(tmp_path / "out") == ["train", "val"]
-        assert any(line.endswith("] " + skip_line) for line in result.stderr.splitlines())
-    else:
-        assert cli_splits(tmp_path / "out") == ["test", "val"]
-        assert "Skipping the Cityscapes test split" not in result.stderr
+    if splits is None:  # CONTRACT.md: every split found is converted
+        assert cli_splits(tmp_path / "out") == ["test", "train", "val"]
+        assert any(line.endswith("] " + warning) for line in result.stderr.splitlines())
         test = read_records(tmp_path / "out", "test")
         assert sorted(test) == [f"berlin_{i:06d}_000019_leftImg8bit.png" for i in range(2)]
         assert all((r["label"] == 255).all() for r in test.values())
+    else:
+        assert cli_splits(tmp_path / "out") == ["train", "val"]
+        assert "Cityscapes test split" not in result.stderr
 
 
 def test_cityscapes_label_table_comes_from_cityscapesscripts():

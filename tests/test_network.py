@@ -103,9 +103,16 @@ def test_context_map_is_action_times_prediction_plus_one():
     out = net(_images(), num_steps=2)
     prediction = np.argmax(out["logits"][:-1], axis=-1)
     np.testing.assert_array_equal(out["context"], np.asarray(out["actions"]) * (prediction + 1))
-    # Greedy: keep exactly where pi(keep) > pi(ignore).
-    policy = np.asarray(out["policy_logits"])
-    np.testing.assert_array_equal(out["actions"], (policy[..., 1] > policy[..., 0]).astype(int))
+    # Greedy: keep where pi(keep) > pi(ignore). A constant policy (zero kernel) set to
+    # pi(keep) = sigmoid(+-0.1), just above or below 1/2, keeps everything or nothing.
+    head = net.context_net.policy_head
+    head.kernel.assign(tf.zeros_like(head.kernel))
+    for keep_logit, expected in ((0.1, 1), (-0.1, 0)):
+        head.bias.assign([0.0, keep_logit])
+        out = net(_images(), num_steps=2)
+        np.testing.assert_array_equal(out["actions"], np.full(out["actions"].shape, expected))
+        np.testing.assert_array_equal(
+            out["context"], expected * (np.argmax(out["logits"][:-1], axis=-1) + 1))
 
 
 @pytest.mark.parametrize("mode", ["pmap", "none"])
