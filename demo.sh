@@ -4,5 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source .ci/venv.sh
-export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 exec .venv/bin/python -m ciss_tf.demo "$@"
