@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ciss_tf import checkpoints, cli, config, imagenet, losses
+from ciss_tf import checkpoints, cli, config, imagenet, inference, losses
 from ciss_tf.data import datasets, input_pipeline
 
 flags.DEFINE_enum("stage", "ciss", ["pspnet", "ciss"], "pspnet: stage 1; ciss: stage 2.")
@@ -337,12 +337,11 @@ def _image_panel(trainer, preview):
     label = datasets.colorize(preview["label"][0].numpy(), trainer.info.palette)
     rows = []
     for t in range(FLAGS.unroll_steps + 1):
-        logits = tf.image.resize(outputs["logits"][t][:1], size, method="bilinear")
+        # Resized as evaluation resizes them (corners aligned), so the panel shows its labels.
+        logits = inference.upsample_logits(outputs["logits"][t][:1], size)
         pmap = datasets.colorize(tf.argmax(logits, -1)[0].numpy(), trainer.info.palette)
         if t < FLAGS.unroll_steps:
-            context = tf.image.resize(
-                outputs["context"][t][:1, ..., None], size, method="nearest"
-            )[0, ..., 0].numpy()
+            context = inference.upsample_context(outputs["context"][t][:1], size)[0].numpy()
             context_rgb = datasets.colorize(context - 1, trainer.info.palette, context == 0)
         else:
             context_rgb = np.zeros_like(pmap)

@@ -7,14 +7,17 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl.testing import flagsaver
+from conftest import varied_tiny_net
 
-from ciss_tf import checkpoints, config, train
+from ciss_tf import checkpoints, config, inference, train
+from ciss_tf.data import datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
@@ -282,3 +285,22 @@ def test_multi_worker_trains_writes_one_checkpoint_and_resumes_from_the_chiefs(
     for err in errors:
         assert f"Resumed from {model_dir / 'ckpt-1'} at step 1" in err
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
+
+
+def test_tensorboard_panel_shows_the_labels_evaluation_scores():
+    # The panel's p-maps are the Segmenter's labels (corners aligned), not a half-pixel
+    # resize of the same logits, which moves class boundaries by up to a few pixels.
+    info = datasets.get_dataset_info("synthetic")
+    model = varied_tiny_net(info.num_classes)
+    images = tf.random.stateless_normal([1, 37, 53, 3], seed=[4, 2], stddev=60.0)
+    preview = {"image": images, "label": tf.zeros([1, 37, 53], tf.int32)}
+    if not train.FLAGS.is_parsed():
+        train.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(unroll_steps=2):
+        panel = train._image_panel(SimpleNamespace(model=model, info=info), preview)
+    expected = inference.Segmenter(model, (0, 1, 2)).labels(images).numpy()[:, 0]
+    assert panel.shape == (3, 37, 4 * 53, 3)
+    for t in range(3):
+        np.testing.assert_array_equal(
+            panel[t][:, 2 * 53:3 * 53], datasets.colorize(expected[t], info.palette), str(t)
+        )
