@@ -113,34 +113,40 @@ def test_flagfile_takes_a_training_step(path, synthetic_records, tmp_path, monke
         FLAGS.unroll_steps = min(FLAGS.unroll_steps, MAX_TEST_UNROLL)
         stage, steps = FLAGS.stage, FLAGS.unroll_steps
         terms = train.train()
-        initial, trained = _fresh_model(stage), _fresh_model(stage)
-    tf.train.Checkpoint(model=checkpoints.model_variables(trained)).restore(
-        str(model_dir / "ckpt-1")
-    ).assert_existing_objects_matched()
+        initial = _fresh_model(stage)
     assert np.isfinite(terms["total"])
+    reader = tf.train.load_checkpoint(str(model_dir / "ckpt-1"))
+    variables = checkpoints.model_variables(initial)
+    assert len(variables) == len(initial.variables)
 
     def moved(net):
+        """Whether any of the net's variables differs from its initial value after the step."""
+        prefix = f"{net.name}/"
+        keys = [key for key in variables if key.startswith(prefix)]
+        assert keys, prefix
         return any(
-            not np.array_equal(a.numpy(), b.numpy())
-            for a, b in zip(net.trainable_variables, getattr(initial, net.name)
-                            .trainable_variables, strict=True)
+            not np.array_equal(
+                reader.get_tensor(
+                    "model/" + key.replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"),
+                variables[key].numpy(),
+            )
+            for key in keys
         )
 
     if stage == "pspnet":
-        assert moved(trained.feature_net) and moved(trained.head)
+        assert moved(initial.feature_net) and moved(initial.head)
         return
     assert sorted(k for k in terms if k.startswith("segmentation_t")) == sorted(
         f"segmentation_t{t}" for t in range(steps + 1)
     )
-    assert ("policy" in terms) == (trained.context_net is not None)
-    assert moved(trained.base_net)
+    assert ("policy" in terms) == (initial.context_net is not None)
+    assert moved(initial.base_net)
     # Only what has a gradient moves: with T = 0 (the Baseline) neither the Bias Net nor the
     # Context Net is updated or decayed; the frozen feature net never is.
-    assert moved(trained.bias_net) == (steps > 0)
-    if trained.context_net is not None:
-        assert moved(trained.context_net)
-    for a, b in zip(trained.feature_net.variables, initial.feature_net.variables, strict=True):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert moved(initial.bias_net) == (steps > 0)
+    if initial.context_net is not None:
+        assert moved(initial.context_net)
+    assert not moved(initial.feature_net)
 
 
 def test_baseline_flagfile_trains_and_evaluates_at_t0(synthetic_records, tmp_path,
