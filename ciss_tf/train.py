@@ -585,9 +585,10 @@ def write_summary(model_dir, step, seconds, recent_terms):
     """Writes `<model_dir>/train_summary.json` next to the checkpoint of `step`.
 
     `{"step": step, "max_steps": --max_steps (the run is finished when they are equal),
-    "seconds": training wall time up to that checkpoint, summed over the sessions (a resumed session adds to the time recorded before it; work lost to an
-    interruption after the last checkpoint is not counted), "final_terms": {term: mean over
-    the last `SUMMARY_WINDOW` steps run in this session}}`. `final_terms["kept_fraction"]`
+    "seconds": training wall time up to that checkpoint, summed over the sessions (a
+    resumed session adds to the time recorded before it; work lost to an interruption after
+    the last checkpoint is not counted), "final_terms": {term: mean over the last
+    `SUMMARY_WINDOW` steps run in this session}}`. `final_terms["kept_fraction"]`
     is the share of context kept by the sampled gate at the end of training (the keep rate
     of `--context_mode=random`, see `experiments/camvid.sh`).
     """
