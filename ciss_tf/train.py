@@ -491,8 +491,10 @@ def train():
             trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError) as error:
             raise ValueError(
-                f"{latest} does not match this model (another {checkpoints.MISMATCH_SUSPECTS}?); "
-                f"use a new --model_dir. "
+                f"{latest} does not match this model (another {checkpoints.MISMATCH_SUSPECTS}? "
+                f"other learning-rate groups: --context_net_learning_rate, --unroll_steps=0, "
+                f"or stage 2 from before each group had its own optimizer?); use a new "
+                f"--model_dir. "
                 f"{str(error).splitlines()[0][:200]}"
             ) from None
         logging.info("Resumed from %s at step %d", latest, int(trainer.step.numpy()))
