@@ -176,3 +176,63 @@ def test_loader_builds_the_run_as_trained(data_dir, tmp_path):
     want = expected(images, num_steps=3)
     np.testing.assert_array_equal(got["logits"], want["logits"])
     np.testing.assert_array_equal(got["context"], want["context"])
+
+
+_FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python in camvid.sh: runs `-c` snippets, logs and fakes every tool.
+if [ "$1" = "-c" ]; then exec "$REAL_PYTHON" "$@"; fi
+echo "$*" >> "$FAKE_LOG"
+for arg in "$@"; do
+  case $arg in
+    --model_dir=*) model_dir=${arg#*=} ;;
+    --output_dir=*) mkdir -p "${arg#*=}"; touch "${arg#*=}/val-00000-of-00001.tfrecord" ;;
+    --output_json=*) echo '{}' > "${arg#*=}" ;;
+    --export_dir=*) mkdir -p "${arg#*=}/1" ;;
+    --seed=*) seed=${arg#*=} ;;
+  esac
+done
+if [ "$2" = ciss_tf.train ]; then
+  mkdir -p "$model_dir"
+  # The CiSS-Net run of seed s keeps 0.7s5 (0.705, 0.715, ...) at the end of its training.
+  printf '{"step": 5, "max_steps": 5, "final_terms": {"kept_fraction": 0.7%s5}}' "${seed:-0}" \\
+    > "$model_dir/train_summary.json"
+fi
+"""
+
+
+def test_camvid_sh_runs_every_run_and_seed_once_with_the_measured_keep_rate(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(_FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "log"
+    env = dict(ENV, PYTHON=str(fake), REAL_PYTHON=sys.executable, FAKE_LOG=str(log),
+               SEEDS="0 1 2")
+    runs = tmp_path / "runs"
+    for _ in range(2):  # the second pass finds everything done
+        subprocess.run(["bash", "experiments/camvid.sh", str(runs)], cwd=ROOT, env=env,
+                       check=True, capture_output=True, timeout=300)
+    calls = log.read_text().splitlines()
+    trainings = [c for c in calls if c.startswith("-m ciss_tf.train")]
+    folders = sorted(c.split("--model_dir=")[1].split()[0].split("/")[-1] for c in trainings)
+    assert folders == sorted(
+        ["pspnet", "camvid_gated_s0"] + [
+            f"{run}_s{seed}" for seed in (0, 1, 2)
+            for run in ("camvid", "camvid_no_context", "camvid_pmap", "camvid_random_gate")
+        ]
+    )
+    for seed in (0, 1, 2):
+        for tool in ("ciss_tf.train", "ciss_tf.evaluate"):
+            [call] = [c for c in calls if c.startswith(f"-m {tool}")
+                      and f"camvid_random_gate_s{seed}" in c]
+            assert f"--random_keep_rate=0.7{seed}5" in call.split()
+        [call] = [c for c in trainings if f"camvid_s{seed} " in c + " "]
+        assert f"--seed={seed}" in call.split()
+        assert "--flagfile=experiments/camvid.flags" in call.split()
+    evaluations = [c for c in calls if c.startswith("-m ciss_tf.evaluate")]
+    assert len(evaluations) == len(trainings)
+    assert all("--eval_steps=0,1,2,3,4,5,6" in c for c in evaluations if "pspnet" not in c)
+    [export_call] = [c for c in calls if c.startswith("-m ciss_tf.export")]
+    assert f"--checkpoint={runs}/camvid_s0 " in export_call + " "
+    reports = [c for c in calls if c.startswith("experiments/camvid_report.py")]
+    assert reports == [f"experiments/camvid_report.py --runs={runs} "
+                       f"--data_dir={runs}/data --seeds=0,1,2"] * 2
