@@ -22,9 +22,10 @@ import keras
 import tensorflow as tf
 
 FEATURE_NET_PREFIX = "feature_net/"
+# A run folder's model, as `keras.saving.serialize_keras_object` writes it.
+MODEL_CONFIG = "model_config.json"
 # Stage-1 head variable -> the Base Net variable of the same shape and role: the 3x3 conv
 # (conv5_4) and the 1x1 classifier (conv6). The norms differ (batch vs group): not copied.
-MODEL_CONFIG = "model_config.json"
 PSPNET_HEAD_TO_BASE_NET = {
     "head/conv/kernel": "base_net/conv/kernel",
     "head/classifier/kernel": "base_net/classifier/kernel",

@@ -63,12 +63,18 @@ def _assert_same_weights(a, b, atol):
             np.testing.assert_allclose(a[name], b[name], atol=atol, rtol=0, err_msg=name)
 
 
-def _tags(model_dir):
-    tags = set()
+def _summaries(model_dir):
+    """`{(tag, step): value}` of the TensorBoard events in `model_dir/train`."""
+    values = {}
     for path in glob.glob(str(model_dir / "train" / "events.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
-            tags.update(value.tag for value in event.summary.value)
-    return tags
+            for value in event.summary.value:
+                values[value.tag, event.step] = tf.make_ndarray(value.tensor)
+    return values
+
+
+def _tags(model_dir):
+    return {tag for tag, _ in _summaries(model_dir)}
 
 
 def test_overfits_a_few_images_and_logs_every_tag(data_dir, tmp_path):
@@ -154,6 +160,7 @@ def test_adamw_three_groups_on_two_replicas_resume_equals_uninterrupted(data_dir
     ]
     _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'two'}")
     _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'resumed'}", "--stop_at_step=1")
+    first = json.loads((tmp_path / "resumed" / train.SUMMARY_FILE).read_text())
     result = _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'resumed'}")
     assert "Resumed from" in result.stderr
     _assert_same_weights(_weights(tmp_path / "resumed", 2), _weights(tmp_path / "two", 2),
@@ -162,11 +169,18 @@ def test_adamw_three_groups_on_two_replicas_resume_equals_uninterrupted(data_dir
     names = reader.get_variable_to_shape_map()
     for key in ("optimizer", "optimizer_context", "optimizer_context_net"):
         assert f"{key}/_iterations/.ATTRIBUTES/VARIABLE_VALUE" in names, key
-    assert {"learning_rate/base", "learning_rate/context", "learning_rate/context_net"} <= (
-        _tags(tmp_path / "two"))
+    # Each group's rate on its own poly schedule: step 2 of 2 runs at (1 - 1/2)^0.9 of it.
+    scalars = _summaries(tmp_path / "two")
+    for tag, rate in (("base", 0.01), ("context", 0.001), ("context_net", 0.0003)):
+        assert scalars[f"learning_rate/{tag}", 1] == pytest.approx(rate, rel=1e-6)
+        assert scalars[f"learning_rate/{tag}", 2] == pytest.approx(rate * 0.5**0.9, rel=1e-6)
+    # The summary counts both sessions' time; its terms average this session's steps.
     summary = json.loads((tmp_path / "resumed" / train.SUMMARY_FILE).read_text())
-    assert summary["step"] == 2 and summary["seconds"] > 0
+    assert (first["step"], first["max_steps"], summary["step"]) == (1, 2, 2)
+    assert summary["seconds"] > first["seconds"] > 0
     assert 0 <= summary["final_terms"]["kept_fraction"] <= 1
+    assert summary["final_terms"]["total"] == pytest.approx(
+        float(result.stderr.split("step 2/2  loss ")[1].split()[0]), abs=1e-4)
 
 
 def test_base_init_pspnet_copies_the_stage1_head_into_the_base_net(data_dir, tmp_path):
