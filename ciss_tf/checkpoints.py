@@ -8,16 +8,29 @@ the model (e.g. `feature_net/backbone/conv2_1/3x3/conv/kernel`), plus each Dropo
 random-number state (so that a resumed run draws the same masks as an uninterrupted one).
 
 Training writes `tf.train.Checkpoint(model=model_variables(model), optimizer=..., step=...)`
-with a `tf.train.CheckpointManager` into `--model_dir` (files `ckpt-<step>.*`). Other tools
+(plus `optimizer_<group>` for every further learning-rate group, see `train.py`) with a
+`tf.train.CheckpointManager` into `--model_dir` (files `ckpt-<step>.*`). Other tools
 restore only the model. A stage-2 CiSS-Net initialises its feature net from a stage-1
-PSPNet checkpoint through the shared `feature_net/` prefix.
+PSPNet checkpoint through the shared `feature_net/` prefix, and optionally its Base Net's
+convs from the PSPNet head (`restore_base_net_from_pspnet_head`).
 """
 
+import json
 import os
 
+import keras
 import tensorflow as tf
 
 FEATURE_NET_PREFIX = "feature_net/"
+# A run folder's model, as `keras.saving.serialize_keras_object` writes it.
+MODEL_CONFIG = "model_config.json"
+# Stage-1 head variable -> the Base Net variable of the same shape and role: the 3x3 conv
+# (conv5_4) and the 1x1 classifier (conv6). The norms differ (batch vs group): not copied.
+PSPNET_HEAD_TO_BASE_NET = {
+    "head/conv/kernel": "base_net/conv/kernel",
+    "head/classifier/kernel": "base_net/classifier/kernel",
+    "head/classifier/bias": "base_net/classifier/bias",
+}
 # What to check when a checkpoint does not fit the model built from the flags.
 MISMATCH_SUSPECTS = "preset, dataset, context mode or --context_encoder_norm"
 
@@ -58,6 +71,37 @@ def model_variables(model, prefix=""):
     return {k: v for k, v in variables.items() if k.startswith(prefix)}
 
 
+def write_model_config(model, model_dir):
+    """Writes `<model_dir>/model_config.json`: the Keras config the run's model is built from.
+
+    Tools that read a run folder build the model from it (`model_from_config`), so they
+    need none of the settings it was trained with (preset, dataset, context mode, norms,
+    keep rate, ...), whether those came from a flagfile or the command line.
+    """
+    tf.io.gfile.makedirs(model_dir)
+    path = os.path.join(model_dir, MODEL_CONFIG)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        json.dump(keras.saving.serialize_keras_object(model), f, indent=1)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def model_from_config(model_dir):
+    """The (unbuilt) model of a run folder, from its `model_config.json`.
+
+    Raises:
+      ValueError: the folder has no `model_config.json` (runs trained before it was
+        written: build those from their flags).
+    """
+    path = os.path.join(model_dir, MODEL_CONFIG)
+    if not tf.io.gfile.exists(path):
+        raise ValueError(f"{path} not found (a run trained before model configs were saved?)")
+    # Registers CissNet and PSPNet with Keras (imported here: they do not import this module).
+    from ciss_tf import model, pspnet  # noqa: F401, PLC0415
+
+    with tf.io.gfile.GFile(path) as f:
+        return keras.saving.deserialize_keras_object(json.load(f))
+
+
 def resolve(path_or_dir):
     """A checkpoint prefix from a prefix or a directory (its latest checkpoint).
 
@@ -90,12 +134,8 @@ def restore_model(model, path_or_dir, prefix=""):
     """
     path = resolve(path_or_dir)
     wanted = model_variables(model, prefix)
-    stored = {
-        name.split("/.ATTRIBUTES")[0]
-        for name in tf.train.load_checkpoint(path).get_variable_to_shape_map()
-        if name.startswith("model/")
-    }
-    present = {key: v for key, v in wanted.items() if "model/" + _escape(key) in stored}
+    stored = _stored_model_shapes(path)
+    present = {key: v for key, v in wanted.items() if _escape(key) in stored}
     # Dropout random states exist only when dropout > 0; they never matter for inference.
     missing = [key for key in wanted if key not in present and not key.endswith("seed_state")]
     if missing:
@@ -110,6 +150,51 @@ def restore_model(model, path_or_dir, prefix=""):
 def restore_feature_net(model, path_or_dir):
     """Loads `model.feature_net` from a stage-1 (PSPNet) or stage-2 checkpoint."""
     return restore_model(model, path_or_dir, FEATURE_NET_PREFIX)
+
+
+def restore_base_net_from_pspnet_head(model, path_or_dir):
+    """Copies a stage-1 PSPNet head's 3x3 conv and classifier into a CiSS-Net's Base Net.
+
+    The Base Net has the head's shape with GroupNorm instead of batch norm: its norm and
+    everything else keep their values (a deviation from the paper, which trains the Base
+    Net from its initialisation; see `--base_init` in `train.py`).
+
+    Args:
+      model: a built `CissNet`.
+      path_or_dir: a stage-1 checkpoint (prefix or folder).
+
+    Returns:
+      The checkpoint prefix that was read.
+
+    Raises:
+      ValueError: the checkpoint is missing, holds no PSPNet head, or its head's shapes
+        differ from the Base Net's.
+    """
+    path = resolve(path_or_dir)
+    stored = _stored_model_shapes(path)
+    variables = model_variables(model)
+    targets = {}
+    for source, target in PSPNET_HEAD_TO_BASE_NET.items():
+        shape = stored.get(_escape(source))
+        if shape is None:
+            raise ValueError(f"checkpoint {path} holds no PSPNet head ({source!r} missing)")
+        if tuple(shape) != tuple(variables[target].shape):
+            raise ValueError(
+                f"checkpoint {path}: {source} has shape {tuple(shape)}, {target} has "
+                f"{tuple(variables[target].shape)} (different {MISMATCH_SUSPECTS}?)"
+            )
+        targets[source] = variables[target]
+    tf.train.Checkpoint(model=targets).restore(path).expect_partial()
+    return path
+
+
+def _stored_model_shapes(path):
+    """`{escaped model key: shape}` of the model variables a checkpoint holds."""
+    return {
+        name.split("/.ATTRIBUTES")[0].removeprefix("model/"): shape
+        for name, shape in tf.train.load_checkpoint(path).get_variable_to_shape_map().items()
+        if name.startswith("model/") and name.endswith("/.ATTRIBUTES/VARIABLE_VALUE")
+    }
 
 
 def _escape(key):

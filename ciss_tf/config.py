@@ -52,7 +52,13 @@ flags.DEFINE_enum("preset", "resnet50", list(PRESETS), "Network size (see ciss_t
 flags.DEFINE_enum(
     "context_mode", "learned", list(CONTEXT_MODES),
     "learned: CiSS-Net; pmap: every action 1 (Baseline + p-map); none: all-uncertain context "
-    "(capacity-matched control).",
+    "(capacity-matched control); random: every action Bernoulli(--random_keep_rate), in "
+    "training and evaluation (a gate that keeps context without choosing where).",
+)
+flags.DEFINE_float(
+    "random_keep_rate", None,
+    "--context_mode=random: share of pixels kept as context, in (0, 1] (e.g. the share "
+    "CiSS-Net's sampled gate keeps at the end of its training).",
 )
 flags.DEFINE_enum(
     "stem", "deep", list(STEMS),
@@ -84,25 +90,33 @@ def build_pspnet(num_classes, preset, dropout=0.1, stem="deep"):
 
 
 def build_ciss_net(num_classes, preset, context_mode="learned", dropout=0.1, stem="deep",
-                   context_encoder_norm="group"):
+                   context_encoder_norm="group", random_keep_rate=None):
     """The stage-2 CiSS-Net of a preset."""
     preset = PRESETS[preset]
     return CissNet(
         num_classes, feature_net=preset.feature_net(stem), channels=preset.channels,
         bias_branch_channels=preset.bias_branch_channels,
         context_branch_channels=preset.context_branch_channels, dropout=dropout,
-        context_mode=context_mode, context_encoder_norm=context_encoder_norm, name="ciss_net",
+        context_mode=context_mode, context_encoder_norm=context_encoder_norm,
+        random_keep_rate=random_keep_rate, name="ciss_net",
     )
 
 
 def model_from_flags(num_classes, stage="ciss"):
-    """The model the command-line flags describe (`stage` is "pspnet" or "ciss")."""
+    """The model the command-line flags describe (`stage` is "pspnet" or "ciss").
+
+    Raises:
+      ValueError: `--context_mode=random` without a `--random_keep_rate` in (0, 1].
+    """
     flag_values = flags.FLAGS
     if stage == "pspnet":
         return build_pspnet(
             num_classes, flag_values.preset, flag_values.dropout, flag_values.stem
         )
+    rate = flag_values.random_keep_rate
+    if flag_values.context_mode == "random" and not (rate is not None and 0 < rate <= 1):
+        raise ValueError(f"--random_keep_rate={rate}: --context_mode=random needs it in (0, 1]")
     return build_ciss_net(
         num_classes, flag_values.preset, flag_values.context_mode, flag_values.dropout,
-        flag_values.stem, flag_values.context_encoder_norm,
+        flag_values.stem, flag_values.context_encoder_norm, rate,
     )

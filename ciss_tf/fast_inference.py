@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from ciss_tf import ops
+from ciss_tf.model import random_gate_actions
 
 
 def fold_batch_norm(kernel, gamma, beta, mean, variance, epsilon):
@@ -406,6 +407,7 @@ class FastCissNet(tf.Module):
         self.dtype = dtype
         self.num_classes = model.num_classes
         self.context_mode = model.context_mode
+        self.random_keep_rate = model.random_keep_rate
         feature_net = model.feature_net
         backbone = feature_net.backbone
         self.stem = [_FoldedConv(layer, dtype) for layer in backbone.stem]
@@ -557,12 +559,15 @@ class FastCissNet(tf.Module):
         base = self.base_net
         base_logits = base.classifier(tf.nn.relu(base.norm(base_x)))
         logits, contexts = [base_logits], []
-        for _ in range(num_steps):
+        for t in range(num_steps):
             prediction = tf.argmax(logits[-1], axis=-1, output_type=tf.int32)
             if self.context_mode == "learned":
                 action = self._keep(context_x, logits[-1])
             elif self.context_mode == "pmap":
                 action = tf.ones_like(prediction)
+            elif self.context_mode == "random":
+                # The model's evaluation draw (keyed by the position in the batch).
+                action = random_gate_actions(prediction, self.random_keep_rate, t, sample=False)
             else:
                 action = tf.zeros_like(prediction)
             context = action * (prediction + 1)

@@ -22,9 +22,9 @@ Probabilities are those of each requested step t (softmax of that step's logits)
 unroll to `max(steps)` gives every step.
 
 The module also holds what the three command-line tools share: building the model from
-the flags and restoring a checkpoint, the flags parser that lets them read an
-experiment's flagfile (which also holds training flags), and the check that their outputs
-are local paths.
+the flags (or from a run folder's saved config, `load_run`) and restoring a checkpoint,
+the flags parser that lets them read an experiment's flagfile (which also holds training
+flags), and the check that their outputs are local paths.
 """
 
 import itertools
@@ -323,16 +323,40 @@ def load_model(num_classes, checkpoint, stage="ciss"):
         (the message names the checkpoint).
     """
     path = checkpoints.resolve(checkpoint)
-    model = config.model_from_flags(num_classes, stage)
+    return _restored(config.model_from_flags(num_classes, stage), path), path
+
+
+def load_run(run_dir):
+    """The model of a training run, built as it was trained, and its latest checkpoint.
+
+    The model comes from the run's `model_config.json` (written by the trainer), not from
+    flags: the caller needs no flagfile, and settings given on the training command line
+    (e.g. `--random_keep_rate`) are kept.
+
+    Args:
+      run_dir: the run's `--model_dir`.
+
+    Returns:
+      (model, checkpoint prefix read).
+
+    Raises:
+      ValueError: no config or checkpoint there, or they do not fit each other.
+    """
+    path = checkpoints.resolve(run_dir)
+    return _restored(checkpoints.model_from_config(run_dir), path), path
+
+
+def _restored(model, path):
+    """`model` built and restored from the checkpoint prefix `path`."""
     dummy = tf.zeros([1, _BUILD_SIZE, _BUILD_SIZE, 3])
     # One step creates every variable (Bias Net and Context Net included).
-    model(dummy, training=False, **({"num_steps": 1} if stage == "ciss" else {}))
+    model(dummy, training=False, **({"num_steps": 1} if isinstance(model, CissNet) else {}))
     try:
         checkpoints.restore_model(model, path)
     except tf.errors.OpError as error:
         lines = str(error.message).strip().splitlines() or [""]
         raise ValueError(f"cannot read checkpoint {path}: {lines[0][:300]}") from None
-    return model, path
+    return model
 
 
 def check_local_output(path, flag):

@@ -12,9 +12,12 @@ Unrolled inference (paper Eq. 2, SPEC.md section 2):
         logits_t+1 = logits_0 + bias_net(X, K_t)
     V_T = value of the last state (the bootstrap of the returns)
 
-`context_mode` selects the paper's ablations (Table 4) and our control: "learned" (CiSS-Net),
-"pmap" (every action 1: Baseline + p-map, no RL) and "none" (every action 0: the same Bias
-Net fed an all-uncertain map, so it has the capacity but no information from the p-map).
+`context_mode` selects the paper's ablations (Table 4) and our controls: "learned" (CiSS-Net),
+"pmap" (every action 1: Baseline + p-map, no RL), "none" (every action 0: the same Bias
+Net fed an all-uncertain map, so it has the capacity but no information from the p-map) and
+"random" (every action an independent Bernoulli(`random_keep_rate`) draw, in training and in
+evaluation: a gate that keeps as much context as CiSS-Net's but chooses without looking, so
+CiSS-Net minus it is what the Context Net's choice adds; no RL, like "pmap").
 """
 
 import keras
@@ -25,7 +28,10 @@ from ciss_tf.context_net import ContextNet
 from ciss_tf.pspnet import FeatureNet
 from ciss_tf.segment_net import BaseNet, BiasNet
 
-CONTEXT_MODES = ("learned", "pmap", "none")
+CONTEXT_MODES = ("learned", "pmap", "none", "random")
+# Seed of the random gate's draws when they are not sampled (evaluation, export): fixed, so
+# that evaluating a "random" run twice gives the same actions.
+RANDOM_GATE_EVAL_SEED = 20170
 
 
 def sample_actions(keep_probability, step, sample_ids, seed):
@@ -61,6 +67,33 @@ def sample_actions(keep_probability, step, sample_ids, seed):
     return tf.cast(noise < keep_probability, tf.int32)
 
 
+def random_gate_actions(like, keep_rate, step, sample, sample_ids=None, seed=0):
+    """The actions of `context_mode="random"`: Bernoulli(`keep_rate`) per pixel.
+
+    Sampled (training): keyed by `(seed, step, sample_id)` as `sample_actions`. Otherwise
+    (evaluation, export): keyed by `(RANDOM_GATE_EVAL_SEED, step, index)`, with `index` the
+    example's sample id when given (the evaluator's position in the dataset) or else its
+    position in the batch, so the same images evaluated again get the same actions.
+
+    Args:
+      like: int `[B, h, w]`, the shape of the actions (the p-map's class ids).
+      keep_rate: float in (0, 1].
+      step: the unrolled step t (Python int).
+      sample: training-time sampling (see above).
+      sample_ids: int64 `[B]` or None.
+      seed: the run's seed (sampled draws only).
+
+    Returns:
+      int32 `[B, h, w]` in {0, 1}.
+    """
+    keep = tf.fill(tf.shape(like), tf.constant(keep_rate, tf.float32))
+    if not sample:
+        seed = RANDOM_GATE_EVAL_SEED
+        if sample_ids is None:
+            sample_ids = tf.range(tf.shape(like, out_type=tf.int64)[0])
+    return sample_actions(keep, step, sample_ids, seed)
+
+
 @keras.saving.register_keras_serializable(package="ciss_tf")
 class CissNet(keras.Model):
     """The unrolled CiSS-Net.
@@ -73,9 +106,11 @@ class CissNet(keras.Model):
       bias_branch_channels: pyramid branch width of the context-map encoder (256).
       context_branch_channels: pyramid branch width of the p-map encoder (64).
       dropout: dropout rate of the three nets (0.1).
-      context_mode: "learned", "pmap" or "none" (see the module docstring).
+      context_mode: "learned", "pmap", "none" or "random" (see the module docstring).
       context_encoder_norm: "group" (the paper) or "batch" (the authors' code): the norm of
         the Context Net's pyramid branches.
+      random_keep_rate: the share of actions 1 of the "random" mode, in (0, 1] (unused by
+        the other modes).
 
     Example:
       >>> net = CissNet(4, feature_net=dict(depths=(1, 1, 1, 1), width=8,
@@ -88,10 +123,16 @@ class CissNet(keras.Model):
 
     def __init__(self, num_classes, feature_net=None, channels=512, bias_branch_channels=256,
                  context_branch_channels=64, dropout=0.1, context_mode="learned",
-                 context_encoder_norm="group", **kwargs):
+                 context_encoder_norm="group", random_keep_rate=None, **kwargs):
         super().__init__(**kwargs)
         if context_mode not in CONTEXT_MODES:
             raise ValueError(f"context_mode must be one of {CONTEXT_MODES}, got {context_mode!r}")
+        if context_mode == "random" and not (
+            random_keep_rate is not None and 0 < random_keep_rate <= 1
+        ):
+            raise ValueError(
+                f"context_mode 'random' needs random_keep_rate in (0, 1], got {random_keep_rate}"
+            )
         self.num_classes = num_classes
         self.feature_net_config = dict(feature_net or {})
         self.channels = channels
@@ -100,6 +141,7 @@ class CissNet(keras.Model):
         self.dropout = dropout
         self.context_mode = context_mode
         self.context_encoder_norm = context_encoder_norm
+        self.random_keep_rate = random_keep_rate
         self.feature_net = FeatureNet(**self.feature_net_config, freeze_bn=True, name="feature_net")
         self.feature_net.trainable = False
         feature_channels = self.feature_net.output_channels
@@ -129,7 +171,8 @@ class CissNet(keras.Model):
           images: normalised images `[B, H, W, 3]`.
           training: dropout and batch-norm mode of the trainable nets.
           num_steps: T; predictions are returned for t = 0..T.
-          sample: sample the actions (default: `training`); otherwise take the greedy action.
+          sample: sample the actions (default: `training`); otherwise take the greedy action
+            (the random gate: its fixed-seed evaluation draw, see `random_gate_actions`).
           sample_ids: int64 `[B]` global example indices that key the action noise.
           seed: the run's seed for the action noise.
           bootstrap: also evaluate the value of the last state, `V_T` (default: `training`).
@@ -175,6 +218,10 @@ class CissNet(keras.Model):
                     action = tf.cast(policy_logits[..., 1] > policy_logits[..., 0], tf.int32)
             elif self.context_mode == "pmap":
                 action = tf.ones_like(prediction)
+            elif self.context_mode == "random":
+                action = random_gate_actions(
+                    prediction, self.random_keep_rate, t, sample, sample_ids, seed
+                )
             else:
                 action = tf.zeros_like(prediction)
             context = action * (prediction + 1)
@@ -211,6 +258,7 @@ class CissNet(keras.Model):
             "context_branch_channels": self.context_branch_channels,
             "dropout": self.dropout, "context_mode": self.context_mode,
             "context_encoder_norm": self.context_encoder_norm,
+            "random_keep_rate": self.random_keep_rate,
         }
 
 

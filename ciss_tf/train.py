@@ -7,18 +7,24 @@ r"""Trains PSPNet (stage 1) or CiSS-Net (stage 2) under `tf.distribute`.
 One custom `tf.function` step run with `strategy.run`: the CiSS-Net step unrolls T steps,
 samples Bernoulli actions keyed by each example's global index, accumulates the Eq. 7 loss
 (`losses.ciss_loss`) and applies SGD with momentum and poly decay. Per-group learning
-rates (SPEC.md section 5) are applied by scaling the Bias Net's and Context Net's
-gradients by `context_learning_rate / base_learning_rate`: with SGD + momentum and the
-weight decay inside the loss, that is exactly a second learning rate for that group.
-Weight decay (kernels only) is the caffe convention: `wd / 2 * |w|^2` added to the loss.
+rates (SPEC.md section 5): each variable group has its own optimizer with its own poly
+schedule, all of the same shape (`variable_groups`): the Base Net (or the whole PSPNet)
+at `--base_learning_rate`, the Bias Net and the Context Net at `--context_learning_rate`
+(or the Context Net at `--context_net_learning_rate`: the authors' three optimizers). With
+SGD + momentum this equals scaling the other groups' gradients by the ratio of the rates;
+unlike that, it also holds for Adam / AdamW. Weight decay (kernels only) is the caffe
+convention with SGD: `wd / 2 * |w|^2` added to the loss; AdamW decays at each group's rate.
 
 Re-running the same command resumes from the latest checkpoint in `--model_dir`: model,
-optimizer and step are restored, and the input stream restarts at element
+every group's optimizer and step are restored, and the input stream restarts at element
 `step * batch_size` (the pipeline's randomness is keyed by element index, so the resumed
 stream equals the uninterrupted one). A non-finite loss stops training before any
 checkpoint of the diverged weights is written.
 """
 
+import collections
+import dataclasses
+import json
 import math
 import os
 import sys
@@ -39,6 +45,13 @@ flags.DEFINE_string(
     "Stage 2: stage-1 checkpoint (file prefix or folder) whose feature net is loaded and "
     "frozen. Without it the feature net keeps random weights (tests only).",
 )
+flags.DEFINE_enum(
+    "base_init", "fresh", ["fresh", "pspnet"],
+    "Stage 2, fresh start only: fresh: the Base Net starts from its random initialisation "
+    "(the paper); pspnet: its 3x3 conv and classifier start as the stage-1 PSPNet head's "
+    "(conv5_4, conv6) read from --init_checkpoint, its GroupNorm fresh (our deviation: stage "
+    "2 then starts from the PSPNet it has to beat).",
+)
 flags.DEFINE_string(
     "imagenet_weights", None,
     "Stage 1: a local Keras ResNet50/ResNet101 ImageNet weights file (.h5, include_top=False) "
@@ -53,12 +66,16 @@ flags.DEFINE_float("base_learning_rate", 2e-3, "Learning rate of PSPNet / the Ba
 flags.DEFINE_float(
     "context_learning_rate", 2e-4, "Learning rate of the Bias Net and the Context Net."
 )
+flags.DEFINE_float(
+    "context_net_learning_rate", None,
+    "Learning rate of the Context Net alone (default: --context_learning_rate). Setting it "
+    "gives the authors' three groups: base prediction, Bias Net, Context Net (policy).",
+)
 flags.DEFINE_float("lr_power", 0.9, "Poly decay power.")
 flags.DEFINE_enum(
     "optimizer", "sgd", ["sgd", "adamw"],
     "sgd: SGD with momentum and L2 decay in the loss (the paper). adamw: AdamW with decoupled "
-    "decay, for training from scratch on small data; one learning-rate group only "
-    "(--stage=pspnet), since Adam ignores the gradient multipliers that make the groups.",
+    "decay (each group at its own rate), for training from scratch on small data.",
 )
 flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_float(
@@ -104,6 +121,8 @@ flags.DEFINE_integer("eval_every", 0, "Steps between evaluations on the eval spl
 flags.DEFINE_integer("eval_images", 50, "Images used by the periodic evaluation.")
 
 FLAGS = flags.FLAGS
+SUMMARY_FILE = "train_summary.json"
+SUMMARY_WINDOW = 50  # steps averaged into the summary's final_terms
 
 
 class NonFiniteLossError(RuntimeError):
@@ -138,20 +157,57 @@ def make_strategy(name, num_cpu_devices):
     return tf.distribute.get_strategy()
 
 
-def split_variables(model, stage):
-    """(variables, gradient multipliers): the Base Net (or PSPNet) at 1, the rest at the ratio."""
+@dataclasses.dataclass(frozen=True)
+class VariableGroup:
+    """Variables trained by one optimizer at one initial learning rate.
+
+    Attributes:
+      name: "base", "context" or "context_net" (also the TensorBoard tag
+        `learning_rate/<name>` and, but for "base", the checkpoint key `optimizer_<name>`).
+      variables: the group's trainable variables, in the model's order.
+      learning_rate: initial rate of the group's poly schedule.
+    """
+
+    name: str
+    variables: tuple
+    learning_rate: float
+
+
+def variable_groups(model, stage):
+    """The learning-rate groups of `model` from the flags (SPEC.md section 5).
+
+    Stage 1: one group. Stage 2: the Base Net at `--base_learning_rate`; everything else
+    trainable (Bias Net, Context Net) at `--context_learning_rate`, or the Context Net in
+    a group of its own with `--context_net_learning_rate`. With T = 0 only the Base Net:
+    the others get no gradient, so they have no optimizer and are neither updated nor
+    decayed (they stay as initialised, like the unused weights of the paper's Baseline).
+    """
     variables = model.trainable_variables
     if stage == "pspnet":
-        return variables, [1.0] * len(variables)
+        return [VariableGroup("base", tuple(variables), FLAGS.base_learning_rate)]
+    base = tuple(model.base_net.trainable_variables)
+    groups = [VariableGroup("base", base, FLAGS.base_learning_rate)]
     if FLAGS.unroll_steps == 0:
-        # No context step: the Bias Net and the Context Net get no gradient, so they are
-        # neither updated nor decayed (they stay as initialised, like the unused weights
-        # of the paper's t = 0 Baseline).
-        base = model.base_net.trainable_variables
-        return base, [1.0] * len(base)
-    base = {id(v) for v in model.base_net.trainable_variables}
-    ratio = FLAGS.context_learning_rate / FLAGS.base_learning_rate
-    return variables, [1.0 if id(v) in base else ratio for v in variables]
+        return groups
+    taken = {id(v) for v in base}
+    separate = FLAGS.context_net_learning_rate is not None and model.context_net is not None
+    if separate:
+        context_net = tuple(model.context_net.trainable_variables)
+        taken |= {id(v) for v in context_net}
+    rest = tuple(v for v in variables if id(v) not in taken)
+    groups.append(VariableGroup("context", rest, FLAGS.context_learning_rate))
+    if separate:
+        groups.append(
+            VariableGroup("context_net", context_net, FLAGS.context_net_learning_rate)
+        )
+    return groups
+
+
+def make_schedule(learning_rate):
+    """The poly decay from `learning_rate` to 0 at `--max_steps` (every group's shape)."""
+    return keras.optimizers.schedules.PolynomialDecay(
+        learning_rate, FLAGS.max_steps, 0.0, power=FLAGS.lr_power
+    )
 
 
 def _is_kernel(variable):
@@ -162,11 +218,65 @@ def make_optimizer(schedule, variables):
     """`--optimizer` on `schedule`; AdamW decays the conv kernels only, like the L2 term."""
     if FLAGS.optimizer == "sgd":
         return keras.optimizers.SGD(schedule, momentum=FLAGS.momentum)
-    if FLAGS.stage != "pspnet":
-        raise ValueError("--optimizer=adamw needs --stage=pspnet (one learning-rate group)")
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=FLAGS.weight_decay)
     optimizer.exclude_from_weight_decay(var_list=[v for v in variables if not _is_kernel(v)])
     return optimizer
+
+
+def make_group_optimizers(groups, loss_scaling=False):
+    """One built optimizer per group (call under the strategy's scope).
+
+    Args:
+      groups: `VariableGroup`s.
+      loss_scaling: wrap each in a `LossScaleOptimizer` (mixed_float16). They start at the
+        same scale and `apply_group_gradients` makes them skip the same steps, so their
+        scales stay equal and one of them can scale the loss for all.
+
+    Returns:
+      A list of optimizers, `groups`' order; their variables exist before the first step
+      (a checkpoint restores into them, and under `tf.distribute` they must be created
+      in the strategy's scope, not in the replica step).
+    """
+    optimizers = []
+    for group in groups:
+        optimizer = make_optimizer(make_schedule(group.learning_rate), group.variables)
+        if loss_scaling:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(list(group.variables))
+        optimizers.append(optimizer)
+    return optimizers
+
+
+def apply_group_gradients(groups, optimizers, gradients):
+    """Applies the gradients of every group's variables with that group's optimizer.
+
+    Args:
+      groups: `VariableGroup`s.
+      optimizers: `make_group_optimizers(groups, ...)`.
+      gradients: one per variable of the groups, in order (replica context), of the loss
+        scaled by `optimizers[0].scale_loss` when loss scaling is on.
+    """
+    scaled = isinstance(optimizers[0], keras.optimizers.LossScaleOptimizer)
+    replicas = tf.distribute.get_replica_context().num_replicas_in_sync
+    if scaled and (len(groups) > 1 or replicas > 1):
+        gradients = poison_unless_all_replicas_finite(gradients)
+    start = 0
+    for group, optimizer in zip(groups, optimizers, strict=True):
+        end = start + len(group.variables)
+        optimizer.apply_gradients(zip(gradients[start:end], group.variables, strict=True))
+        start = end
+
+
+def checkpoint_optimizers(groups, optimizers):
+    """`{checkpoint key: optimizer}`: `optimizer` for the "base" group, `optimizer_<group>`.
+
+    The Base Net's (or PSPNet's) optimizer keeps the key of the single optimizer that
+    checkpoints held before the groups had their own, so stage-1 runs still resume.
+    """
+    return {
+        "optimizer" if group.name == "base" else f"optimizer_{group.name}": optimizer
+        for group, optimizer in zip(groups, optimizers, strict=True)
+    }
 
 
 def weight_decay_loss(variables):
@@ -184,7 +294,8 @@ def poison_unless_all_replicas_finite(gradients):
     replica before they are summed (or, without merge calls, each replica on its own), so an
     overflow on another replica would be applied and turn the weights NaN. Making every
     replica's gradients non-finite when any replica's are makes all of them skip the step
-    and lower the loss scale together.
+    and lower the loss scale together. Given the gradients of every variable group, it also
+    makes each group's optimizer skip when another group's gradients overflowed.
     """
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients])
     overflowed = tf.distribute.get_replica_context().all_reduce(
@@ -194,7 +305,7 @@ def poison_unless_all_replicas_finite(gradients):
 
 
 class Trainer:
-    """Owns the strategy, model, optimizer, checkpoints and the distributed train step."""
+    """Owns the strategy, model, optimizers, checkpoints and the distributed train step."""
 
     def __init__(self, strategy, info):
         self.strategy = strategy
@@ -211,30 +322,30 @@ class Trainer:
                 "--unroll_steps must be at least 1 with --context_mode=learned (the Context "
                 "Net acts from step 1 on)"
             )
+        if FLAGS.base_init == "pspnet" and (self.stage != "ciss" or not FLAGS.init_checkpoint):
+            raise ValueError(
+                "--base_init=pspnet needs --stage=ciss and --init_checkpoint (the stage-1 "
+                "PSPNet whose head starts the Base Net)"
+            )
         self.crop = _crop_size()
         with strategy.scope():
             self.model = config.model_from_flags(info.num_classes, self.stage)
             # One step creates every variable, also when training unrolls none (T = 0).
             build = {} if self.stage == "pspnet" else {"num_steps": 1}
             self.model(tf.zeros((1, *self.crop, 3)), training=False, **build)
-            schedule = keras.optimizers.schedules.PolynomialDecay(
-                FLAGS.base_learning_rate, FLAGS.max_steps, 0.0, power=FLAGS.lr_power
+            self.groups = variable_groups(self.model, self.stage)
+            self.variables = [v for group in self.groups for v in group.variables]
+            self.optimizers = make_group_optimizers(
+                self.groups, loss_scaling=FLAGS.mixed_precision == "mixed_float16"
             )
-            self.schedule = schedule
-            self.variables, self.multipliers = split_variables(self.model, self.stage)
-            optimizer = make_optimizer(schedule, self.variables)
-            if FLAGS.mixed_precision == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            optimizer.build(self.variables)
-            self.optimizer = optimizer
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.replica_fn = (
             tf.function(self.replica_step, jit_compile=True) if FLAGS.jit_compile
             else self.replica_step
         )
         self.checkpoint = tf.train.Checkpoint(
-            model=checkpoints.model_variables(self.model), optimizer=self.optimizer,
-            step=self.step,
+            model=checkpoints.model_variables(self.model), step=self.step,
+            **checkpoint_optimizers(self.groups, self.optimizers),
         )
 
     def _call_kwargs(self, training):
@@ -265,18 +376,13 @@ class Trainer:
             # Replica gradients are summed: each replica carries 1/N of the decay.
             decay = weight_decay_loss(self.variables) / self.strategy.num_replicas_in_sync
             loss = terms["total"] + decay
+            # The groups' loss scales are equal (see `make_group_optimizers`): one scales.
             scaled = (
-                self.optimizer.scale_loss(loss)
-                if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) else loss
+                self.optimizers[0].scale_loss(loss)
+                if isinstance(self.optimizers[0], keras.optimizers.LossScaleOptimizer) else loss
             )
         gradients = tape.gradient(scaled, self.variables)
-        gradients = [
-            g if m == 1.0 else g * m for g, m in zip(gradients, self.multipliers, strict=True)
-        ]
-        if (isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-                and self.strategy.num_replicas_in_sync > 1):
-            gradients = poison_unless_all_replicas_finite(gradients)
-        self.optimizer.apply_gradients(zip(gradients, self.variables, strict=True))
+        apply_group_gradients(self.groups, self.optimizers, gradients)
         terms["weight_decay"] = decay
         return terms
 
@@ -384,8 +490,10 @@ def train():
             trainer.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError) as error:
             raise ValueError(
-                f"{latest} does not match this model (another {checkpoints.MISMATCH_SUSPECTS}?); "
-                f"use a new --model_dir. "
+                f"{latest} does not match this model (another {checkpoints.MISMATCH_SUSPECTS}? "
+                f"other learning-rate groups: --context_net_learning_rate, --unroll_steps=0, "
+                f"or stage 2 from before each group had its own optimizer?); use a new "
+                f"--model_dir. "
                 f"{str(error).splitlines()[0][:200]}"
             ) from None
         logging.info("Resumed from %s at step %d", latest, int(trainer.step.numpy()))
@@ -402,18 +510,26 @@ def train():
     elif FLAGS.init_checkpoint and FLAGS.stage == "ciss":
         path = checkpoints.restore_feature_net(trainer.model, FLAGS.init_checkpoint)
         logging.info("Feature net initialised from %s", path)
+        if FLAGS.base_init == "pspnet":
+            checkpoints.restore_base_net_from_pspnet_head(trainer.model, path)
+            logging.info("Base Net conv and classifier initialised from the head of %s", path)
     elif FLAGS.stage == "ciss":
         logging.warning("No --init_checkpoint: the frozen feature net keeps random weights.")
 
     start = int(trainer.step.numpy())
     iterator = iter(trainer.dataset(start * trainer.global_batch))
     chief = _is_chief(strategy)
+    if chief:
+        checkpoints.write_model_config(trainer.model, model_dir)
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train")) if chief else None
     preview = _preview_batch(info) if chief and FLAGS.stage == "ciss" else None
     terms, tick, tick_step, started = {}, time.time(), start, time.time()
+    earlier_seconds = (read_summary(model_dir) or {}).get("seconds", 0.0) if chief else 0.0
+    recent = collections.deque(maxlen=SUMMARY_WINDOW)
     last_step = min(FLAGS.max_steps, FLAGS.stop_at_step or FLAGS.max_steps)
     for step in range(start + 1, last_step + 1):
         terms = {name: float(value) for name, value in trainer.train_step(iterator).items()}
+        recent.append(terms)
         if not math.isfinite(terms["total"]):
             raise NonFiniteLossError(
                 f"loss is {terms['total']} at step {step}; stopping without saving (last "
@@ -448,6 +564,8 @@ def train():
                     f"non-finite weights at step {step}; checkpoint not written"
                 )
             manager.save(checkpoint_number=step)
+            if chief:
+                write_summary(model_dir, step, earlier_seconds + time.time() - started, recent)
     if writer is not None:
         writer.flush()
     logging.info("Done: %d steps in %s", last_step - start, _format_seconds(
@@ -455,8 +573,42 @@ def train():
     return terms
 
 
+def read_summary(model_dir):
+    """The `SUMMARY_FILE` of a run (see `write_summary`), or None when there is none."""
+    path = os.path.join(model_dir, SUMMARY_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def write_summary(model_dir, step, seconds, recent_terms):
+    """Writes `<model_dir>/train_summary.json` next to the checkpoint of `step`.
+
+    `{"step": step, "max_steps": --max_steps (the run is finished when they are equal),
+    "seconds": training wall time up to that checkpoint, summed over the sessions (a
+    resumed session adds to the time recorded before it; work lost to an interruption after
+    the last checkpoint is not counted), "final_terms": {term: mean over the last
+    `SUMMARY_WINDOW` steps run in this session}}`. `final_terms["kept_fraction"]`
+    is the share of context kept by the sampled gate at the end of training (the keep rate
+    of `--context_mode=random`, see `experiments/camvid.sh`).
+    """
+    names = recent_terms[-1].keys() if recent_terms else ()
+    summary = {
+        "step": int(step),
+        "max_steps": FLAGS.max_steps,
+        "seconds": float(seconds),
+        "final_terms": {
+            name: float(np.mean([terms[name] for terms in recent_terms])) for name in names
+        },
+    }
+    path = os.path.join(model_dir, SUMMARY_FILE)
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=1)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
 def _write_scalars(writer, trainer, terms, step, steps_per_second):
-    base_lr = float(trainer.schedule(step))
     with writer.as_default(step=step):
         for name, value in terms.items():
             group = "loss" if name in (
@@ -464,11 +616,10 @@ def _write_scalars(writer, trainer, terms, step, steps_per_second):
                 "weight_decay",
             ) or name.startswith("segmentation_t") else "rl"
             tf.summary.scalar(f"{group}/{name}", value)
-        tf.summary.scalar("learning_rate/base", base_lr)
-        if trainer.stage == "ciss":
+        for group in trainer.groups:
+            # The rate step `step` (counted from 1) used: its schedule at iteration step - 1.
             tf.summary.scalar(
-                "learning_rate/context",
-                base_lr * FLAGS.context_learning_rate / FLAGS.base_learning_rate,
+                f"learning_rate/{group.name}", float(make_schedule(group.learning_rate)(step - 1))
             )
         tf.summary.scalar("perf/steps_per_second", steps_per_second)
         tf.summary.scalar("perf/images_per_second", steps_per_second * trainer.global_batch)

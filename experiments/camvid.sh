@@ -1,44 +1,78 @@
 #!/usr/bin/env bash
-# The CamVid experiment of experiments/RESULTS.md, end to end on a CPU:
+# The CamVid experiment of experiments/RESULTS.md (issue 19), end to end on a CPU:
 #   bash experiments/camvid.sh [RUNS_DIR]      (default runs/camvid; CamVid in ../shared/camvid)
-# Every step is skipped when its output exists, so an interrupted run continues.
+# Stage 1 once; stage 2 for every seed of SEEDS (default "0 1 2"): CiSS-Net (camvid), the
+# controls camvid_no_context, camvid_pmap and camvid_random_gate, and camvid_gated for the
+# first seed only, each in $RUNS/<run>_s<seed>. The recipe (steps, T, learning rates, ...)
+# is the flagfiles' alone: this script adds only paths, the seed and the random gate's rate.
+# Every step is skipped when its output exists, so an interrupted run continues (a training
+# cut short resumes from its last checkpoint).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs/camvid}
 CAMVID=${CAMVID:-../shared/camvid}
+SEEDS=${SEEDS:-0 1 2}
 DATA=$RUNS/data
 PY=${PYTHON:-python}
+EVAL_STEPS=0,1,2,3,4,5,6
 mkdir -p "$RUNS"
+
+# A training is done when its train_summary.json (written at each checkpoint) has reached
+# the run's --max_steps.
+finished() {
+  [ -e "$1/train_summary.json" ] && $PY -c \
+    'import json, sys; s = json.load(open(sys.argv[1])); sys.exit(s["step"] < s["max_steps"])' \
+    "$1/train_summary.json"
+}
 
 [ -e "$DATA/val-00000-of-00001.tfrecord" ] ||
   $PY -m data_prep.build_tfrecords --dataset=camvid --input_dir="$CAMVID" --output_dir="$DATA"
 
 # Stage 1: the small PSPNet from scratch (train() resumes or returns at --max_steps).
-$PY -m ciss_tf.train --flagfile=experiments/camvid_pspnet.flags --data_dir="$DATA" \
-  --model_dir="$RUNS/pspnet" 2>&1 | tee -a "$RUNS/pspnet.log"
-
-# Stage 2: CiSS-Net and the Table-4 variants on the same frozen features.
-for run in camvid camvid_no_context camvid_pmap camvid_gated; do
-  $PY -m ciss_tf.train --flagfile="experiments/$run.flags" --data_dir="$DATA" \
-    --model_dir="$RUNS/$run" --init_checkpoint="$RUNS/pspnet" 2>&1 | tee -a "$RUNS/$run.log"
-done
-
-# Scores at the original 480x360, the net seeing each image at the training scale (0.5).
+finished "$RUNS/pspnet" ||
+  $PY -m ciss_tf.train --flagfile=experiments/camvid_pspnet.flags --data_dir="$DATA" \
+    --model_dir="$RUNS/pspnet" 2>&1 | tee -a "$RUNS/pspnet.log"
 [ -e "$RUNS/pspnet/eval.json" ] ||
   $PY -m ciss_tf.evaluate --flagfile=experiments/camvid_pspnet.flags --data_dir="$DATA" \
     --checkpoint="$RUNS/pspnet" --eval_steps=0 --eval_scales=0.5 \
     --output_json="$RUNS/pspnet/eval.json"
-for run in camvid camvid_no_context camvid_pmap camvid_gated; do
-  [ -e "$RUNS/$run/eval.json" ] ||
+
+# Stage 2 run $1 with seed $2 (extra flags after): train, then score at the original
+# 480x360 with the net seeing each image at the training scale (0.5), t = 0..6.
+stage2() {
+  local run=$1 seed=$2
+  shift 2
+  local dir=$RUNS/${run}_s$seed
+  finished "$dir" ||
+    $PY -m ciss_tf.train --flagfile="experiments/$run.flags" --data_dir="$DATA" \
+      --model_dir="$dir" --init_checkpoint="$RUNS/pspnet" --seed="$seed" "$@" 2>&1 |
+      tee -a "$dir.log"
+  [ -e "$dir/eval.json" ] ||
     $PY -m ciss_tf.evaluate --flagfile="experiments/$run.flags" --data_dir="$DATA" \
-      --checkpoint="$RUNS/$run" --eval_steps=0,2,4,6 --eval_scales=0.5 \
-      --output_json="$RUNS/$run/eval.json"
+      --checkpoint="$dir" --eval_steps=$EVAL_STEPS --eval_scales=0.5 "$@" \
+      --output_json="$dir/eval.json"
+}
+
+FIRST_SEED=${SEEDS%% *}
+for seed in $SEEDS; do
+  stage2 camvid "$seed"
+  stage2 camvid_no_context "$seed"
+  stage2 camvid_pmap "$seed"
+  # The random gate keeps what this seed's CiSS-Net sampled gate kept at the end of its
+  # training (the trainer's mean over its last steps, in train_summary.json).
+  rate=$($PY -c \
+    'import json, sys; print(json.load(open(sys.argv[1]))["final_terms"]["kept_fraction"])' \
+    "$RUNS/camvid_s$seed/train_summary.json")
+  stage2 camvid_random_gate "$seed" --random_keep_rate="$rate"
+  [ "$seed" != "$FIRST_SEED" ] || stage2 camvid_gated "$seed"
 done
 
-# Export for TF Serving (T = 2, images resized by 0.5 inside the graph).
+# Export for TF Serving (the first seed's CiSS-Net, T = 2, images resized by 0.5 inside
+# the graph).
 [ -d "$RUNS/export" ] ||
-  $PY -m ciss_tf.export --flagfile=experiments/camvid.flags --checkpoint="$RUNS/camvid" \
+  $PY -m ciss_tf.export --flagfile=experiments/camvid.flags --checkpoint="$RUNS/camvid_s$FIRST_SEED" \
     --export_dir="$RUNS/export" --num_steps=2 --input_scale=0.5
 
-# Tables, gate statistics and the context-map figure; scores the export.
-$PY experiments/camvid_report.py --runs="$RUNS" --data_dir="$DATA"
+# experiments/camvid_results.json, report.md (tables, targets, gates, wall times) and the
+# context-map figure; scores the export.
+$PY experiments/camvid_report.py --runs="$RUNS" --data_dir="$DATA" --seeds="${SEEDS// /,}"

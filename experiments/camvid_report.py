@@ -1,42 +1,286 @@
-r"""Tables, gate statistics, served-model check and figure of the CamVid runs (RESULTS.md).
+r"""The CamVid results of issue 19: JSON, tables, targets, gates, served model, figure.
 
-    python experiments/camvid_report.py --runs=runs/camvid --data_dir=runs/camvid/data
+    python experiments/camvid_report.py --runs=runs/camvid --data_dir=runs/camvid/data \
+        [--seeds=0,1,2] [--results_json=experiments/camvid_results.json]
 
-Run by `experiments/camvid.sh` after training, evaluation and export. Reads the scores
-`<runs>/<run>/eval.json` written by `ciss_tf.evaluate`; measures the gate of the learned
-runs on the val split at the training scale (share of pixels kept as context at t = 1,
-overall and where the p-map is right / wrong, on the stride-8 grid, as the demo does);
+Run by `experiments/camvid.sh` after training, evaluation and export. Reads, in `--runs`,
+`pspnet/eval.json` and, for every stage-2 run of `RUNS` and seed, the folder
+`<run>_s<seed>/` (`<run>` = its flagfile's name): `eval.json` (`ciss_tf.evaluate` at
+t = 0..6), `train_summary.json` (the trainer's wall time) and `model_config.json` (the model
+as it was trained: every model here is built from it, never from flags, so a run's preset,
+norms, context mode or keep rate cannot be mistaken). It measures the gate of the gated
+runs on the val split at the training scale (the share of pixels kept as context at t = 1,
+overall and where the p-map is right / wrong, on the stride-8 grid, as the demo does) and
 scores the exported SavedModel `<runs>/export/<version>/` on the val PNGs through its
-`serving_bytes` signature in this process; writes `<runs>/report.md` and
-`<runs>/figure.png` (input, truth, p-map and context map at t = 0, 1, 2; uncertain white).
+`serving_bytes` signature. It writes:
+
+- `--results_json`: the numbers in the shape `../shared/CONTRACT.md` gives (mIoU as
+  fractions; one entry per seed in the order of `seeds`, `null` for a seed a run does not
+  have: the gated run has the first seed only);
+- `<runs>/report.md`: RESULTS.md-ready tables: the issue's targets met / missed, mean ± std
+  over seeds, every step t = 0..6, gate statistics, per-class IoU, wall times, the served
+  score;
+- `<runs>/figure.png`: input, truth, p-map and context map at t = 0, 1, 2 of the first
+  seed's CiSS-Net (uncertain white).
+
+Means and stds are over seeds, the std the sample one (n - 1); differences are of means.
 """
 
+import dataclasses
 import json
+import math
 import os
 
 import cv2
+import numpy as np
 from absl import app, flags
 
-from ciss_tf import demo, export, inference, ops
+from ciss_tf import demo, export, inference, ops, train
 from ciss_tf.data import datasets, input_pipeline
 
 flags.DEFINE_string("runs", "runs/camvid", "Folder of the runs written by camvid.sh.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the stage-2 runs, in report order.")
+flags.DEFINE_string(
+    "results_json", "experiments/camvid_results.json",
+    "Where to write the numbers (the shape of ../shared/CONTRACT.md).",
+)
 FLAGS = flags.FLAGS
 
-PRESET = "small"
 SCALE = 0.5  # the flagfiles train at half resolution
-RUNS = (  # folder, label, context mode
-    ("camvid_no_context", "No context (same Bias Net, all uncertain)", "none"),
-    ("camvid_pmap", "Baseline + p-map", "pmap"),
-    ("camvid_gated", "Baseline + gated p-map (lambda2 = 0.001)", "learned"),
-    ("camvid", "CiSS-Net", "learned"),
-)
+EVAL_STEPS = tuple(range(7))
+HEADLINE_STEP = "2"
 FIGURE_VAL_IMAGES = (0, 40, 80)
+TARGET_GAIN = 1.0  # mIoU points the issue asks CiSS-Net to gain over a reference
+_EXPERIMENTS = os.path.dirname(os.path.abspath(__file__))
 
 
-def _scores(run):
-    with open(os.path.join(FLAGS.runs, run, "eval.json")) as f:
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A stage-2 run: its key in the JSON, flagfile (= folder prefix), label, seeds."""
+
+    key: str
+    flagfile: str
+    label: str
+    first_seed_only: bool = False
+    gated: bool = False  # has a gate worth measuring (not all ones / all zeros)
+
+    def seeds(self, seeds):
+        """The seeds this run is trained with."""
+        return tuple(seeds[:1]) if self.first_seed_only else tuple(seeds)
+
+
+RUNS = (
+    Run("ciss", "camvid", "CiSS-Net", gated=True),
+    Run("no_context", "camvid_no_context", "No context (same Bias Net, all uncertain)"),
+    Run("baseline_pmap", "camvid_pmap", "Baseline + p-map"),
+    Run("random_gate", "camvid_random_gate", "Random gate (CiSS-Net's keep rate)", gated=True),
+    Run("gated", "camvid_gated", "Baseline + gated p-map (lambda2 = 0.001)",
+        first_seed_only=True, gated=True),
+)
+RUN_BY_KEY = {run.key: run for run in RUNS}
+
+
+def run_dir(runs, run, seed):
+    """The folder of `run` trained with `seed`."""
+    return os.path.join(runs, f"{run.flagfile}_s{seed}")
+
+
+def read_steps(path):
+    """The `steps` of an `eval.json`, or None when the file is missing."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
         return json.load(f)["steps"]
+
+
+def collect_scores(runs, seeds):
+    """`{run key: [eval steps or None per seed of `seeds`]}` read from the run folders."""
+    return {
+        run.key: [
+            read_steps(os.path.join(run_dir(runs, run, seed), "eval.json"))
+            if seed in run.seeds(seeds) else None
+            for seed in seeds
+        ]
+        for run in RUNS
+    }
+
+
+def results_json(pspnet_steps, scores, seeds, recipe):
+    """The CONTRACT.md dict of `experiments/camvid_results.json`.
+
+    Args:
+      pspnet_steps: the stage-1 PSPNet's `eval.json` steps.
+      scores: `collect_scores(...)`.
+      seeds: the seeds, in order.
+      recipe: how the numbers were produced (flagfiles, command).
+
+    Returns:
+      `{"pspnet_miou", "t2_miou": {key: [per seed]}, "t0_miou": {...}, "seeds", "recipe"}`.
+    """
+    def miou(step):
+        return {
+            key: [None if s is None else s[step]["miou"] for s in per_seed]
+            for key, per_seed in scores.items()
+        }
+
+    return {
+        "pspnet_miou": pspnet_steps["0"]["miou"],
+        "t2_miou": miou(HEADLINE_STEP),
+        "t0_miou": miou("0"),
+        "seeds": [int(s) for s in seeds],
+        "recipe": recipe,
+    }
+
+
+def mean_std(values):
+    """(mean, sample std) of the values that are not None; NaN where undefined."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return math.nan, math.nan
+    std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return float(np.mean(values)), std
+
+
+def _points(values):
+    return [None if v is None else 100.0 * v for v in values]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One target of issue 19, and whether the numbers meet it."""
+
+    text: str
+    met: bool
+    numbers: str
+
+
+def targets(results):
+    """The targets of issue 19 judged on `results_json(...)` (mIoU points at t = 2).
+
+    CiSS-Net's mean over seeds must be: at least `TARGET_GAIN` above the stage-1 PSPNet;
+    at least `TARGET_GAIN` above "no context"; at least `TARGET_GAIN` above "Baseline +
+    p-map" and that gain above the seed std of either run; above the random gate. A
+    target whose numbers are missing is missed (comparisons with NaN are false).
+    """
+    t2 = {key: _points(values) for key, values in results["t2_miou"].items()}
+    ciss, ciss_std = mean_std(t2["ciss"])
+    pspnet = 100.0 * results["pspnet_miou"]
+
+    def versus(key):
+        mean, std = mean_std(t2.get(key, []))
+        return mean, std, ciss - mean
+
+    out = []
+    gain = ciss - pspnet
+    out.append(Target(
+        f"CiSS-Net t = 2 >= stage-1 PSPNet + {TARGET_GAIN:.1f}", gain >= TARGET_GAIN,
+        f"{ciss:.2f} vs {pspnet:.2f}: {gain:+.2f}",
+    ))
+    mean, _, gain = versus("no_context")
+    out.append(Target(
+        f"CiSS-Net - no context >= +{TARGET_GAIN:.1f}", gain >= TARGET_GAIN,
+        f"{ciss:.2f} vs {mean:.2f}: {gain:+.2f}",
+    ))
+    mean, std, gain = versus("baseline_pmap")
+    noise = max(ciss_std, std)
+    out.append(Target(
+        f"CiSS-Net - Baseline + p-map >= +{TARGET_GAIN:.1f} and > the seed std",
+        gain >= TARGET_GAIN and gain > noise,
+        f"{ciss:.2f} vs {mean:.2f}: {gain:+.2f}; seed std {ciss_std:.2f} / {std:.2f}",
+    ))
+    mean, _, gain = versus("random_gate")
+    out.append(Target(
+        "CiSS-Net above the random gate", gain > 0, f"{ciss:.2f} vs {mean:.2f}: {gain:+.2f}"
+    ))
+    return out
+
+
+def _mean_pm_std(values):
+    mean, std = mean_std(values)
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def score_tables(results, scores, info, pspnet_iou):
+    """Markdown lines: targets, the headline table, every step, per-class IoU.
+
+    Args:
+      results: `results_json(...)`.
+      scores: `collect_scores(...)`.
+      info: the CamVid `DatasetInfo` (class names).
+      pspnet_iou: the stage-1 PSPNet's IoU per class (its `eval.json`).
+    """
+    seeds = results["seeds"]
+    lines = ["## Issue 19 targets (mIoU points at t = 2, mean over seeds)", "",
+             "| target | met | numbers |", "|---|---|---|"]
+    lines += [f"| {t.text} | {'met' if t.met else 'MISSED'} | {t.numbers} |"
+              for t in targets(results)]
+    lines += ["", f"## mIoU on CamVid val (%, mean ± std over seeds {seeds})", "",
+              "| method | t = 0 | t = 2 | t = 2 per seed |", "|---|---|---|---|",
+              f"| PSPNet (stage 1, its own head) | {100 * results['pspnet_miou']:.2f} | - | - |"]
+    for run in RUNS:
+        t2 = _points(results["t2_miou"][run.key])
+        per_seed = " / ".join("-" if v is None else f"{v:.2f}" for v in t2)
+        lines.append(f"| {run.label} | {_mean_pm_std(_points(results['t0_miou'][run.key]))} "
+                     f"| {_mean_pm_std(t2)} | {per_seed} |")
+    lines += ["", "## mIoU at every step t (%, mean ± std over seeds)", "",
+              "| method | " + " | ".join(f"t = {t}" for t in EVAL_STEPS) + " |",
+              "|---|" + "---|" * len(EVAL_STEPS)]
+    for run in RUNS:
+        cells = [
+            _mean_pm_std([None if s is None else 100 * s[str(t)]["miou"]
+                          for s in scores[run.key]])
+            for t in EVAL_STEPS
+        ]
+        lines.append(f"| {run.label} | " + " | ".join(cells) + " |")
+    return lines + per_class_table(scores, info, pspnet_iou)
+
+
+def per_class_table(scores, info, pspnet_iou):
+    """Markdown lines: IoU per class (%, mean over seeds): PSPNet, CiSS-Net's t = 0, t = 2."""
+    header = ["class", "PSPNet", "CiSS-Net t = 0"] + [f"{run.label} t = 2" for run in RUNS]
+    lines = ["", "## Per-class IoU (%, mean over seeds)", "",
+             "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for c, name in enumerate(info.class_names):
+        cells = [_iou_cell([pspnet_iou[c]]),
+                 _iou_cell([s["0"]["iou"][c] for s in scores["ciss"] if s])]
+        cells += [_iou_cell([s[HEADLINE_STEP]["iou"][c] for s in scores[run.key] if s])
+                  for run in RUNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _iou_cell(values):
+    values = [v for v in values if v is not None]
+    return f"{100 * np.mean(values):.2f}" if values else "-"
+
+
+def _format_seconds(seconds):
+    if seconds is None:
+        return "-"
+    seconds = round(seconds)
+    return f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def wall_time_table(runs, seeds):
+    """Markdown lines: steps and training wall time of every run (`train_summary.json`)."""
+    lines = ["", "## Wall time of training (summed over resumed sessions)", "",
+             "| run | seed | steps | wall time |", "|---|---|---|---|"]
+    folders = [("Stage 1 PSPNet", "-", os.path.join(runs, "pspnet"))] + [
+        (run.label, seed, run_dir(runs, run, seed)) for run in RUNS for seed in run.seeds(seeds)
+    ]
+    for label, seed, folder in folders:
+        summary = train.read_summary(folder) or {}
+        lines.append(f"| {label} | {seed} | {summary.get('step', '-')} | "
+                     f"{_format_seconds(summary.get('seconds'))} |")
+    return lines
+
+
+def load_run(folder):
+    """The model of a run folder as it was trained (`inference.load_run`)."""
+    model, _ = inference.load_run(folder)
+    return model
 
 
 def _val_dataset(info):
@@ -54,12 +298,28 @@ def _scaled(dataset):
     return dataset.map(scale)
 
 
-def gate_statistics(run, context_mode, info):
-    """(gate statistics of `demo.evaluate_run`, greedy unroll) of a learned run on val."""
-    model = demo.load_run(os.path.join(FLAGS.runs, run), info.num_classes, context_mode, PRESET)
-    unroll = demo.greedy_unroll(model)
-    _, gate, _ = demo.evaluate_run(unroll, _scaled(_val_dataset(info)), info.num_classes)
-    return gate, unroll
+def gate_table(runs, seeds, info):
+    """(markdown lines of the gate statistics, the first seed's CiSS-Net greedy unroll)."""
+    lines = ["", f"## Gate at t = {demo.GATE_STEP} on val (greedy; stride-8 grid)", "",
+             "| run | seed | keep rate | kept | kept where p-map right | where wrong |",
+             "|---|---|---|---|---|---|"]
+    figure_unroll = None
+    for run in RUNS:
+        if not run.gated:
+            continue
+        for seed in run.seeds(seeds):
+            model = load_run(run_dir(runs, run, seed))
+            unroll = demo.greedy_unroll(model)
+            _, gate, _ = demo.evaluate_run(unroll, _scaled(_val_dataset(info)),
+                                           info.num_classes)
+            if run.key == "ciss" and figure_unroll is None:
+                figure_unroll = unroll
+            rate = "-" if model.random_keep_rate is None else f"{model.random_keep_rate:.3f}"
+            lines.append(
+                f"| {run.label} | {seed} | {rate} | {100 * gate['kept']:.1f}% | "
+                f"{100 * gate['kept_where_right']:.1f}% | {100 * gate['kept_where_wrong']:.1f}% |"
+            )
+    return lines, figure_unroll
 
 
 def served_scores(info):
@@ -71,60 +331,62 @@ def served_scores(info):
                                         info.num_classes)
 
 
-def figure(unroll, info):
+def write_figure(unroll, info):
     """The Figure-1 style panel of a few val images at the training scale."""
     batches = [b for i, b in enumerate(_scaled(_val_dataset(info))) if i in FIGURE_VAL_IMAGES]
-    return demo.figure_panel(unroll, batches, info.palette)
-
-
-def report(info):
-    """The markdown of report.md (and writes figure.png)."""
-    pspnet = _scores("pspnet")["0"]
-    ciss = _scores("camvid")
-    lines = ["## Table 1: CiSS-Net on CamVid val (greedy policy)", "",
-             "| t | mIoU | pixel acc. |", "|---|---|---|"]
-    lines += [f"| {t} | {100 * ciss[t]['miou']:.2f} | {100 * ciss[t]['pixel_accuracy']:.2f} |"
-              for t in ("0", "2", "4", "6")]
-    gates = {}
-    unroll = None
-    for run, _, mode in RUNS:
-        if mode == "learned":
-            gates[run], run_unroll = gate_statistics(run, mode, info)
-            unroll = run_unroll if run == "camvid" else unroll
-    lines += ["", "## Table 4: ablations, mIoU at t = 2 (t = 0 for the baselines)", "",
-              "| method | mIoU | kept at t = 1 | kept where p-map right / wrong |",
-              "|---|---|---|---|",
-              f"| PSPNet (stage 1, its own head) | {100 * pspnet['miou']:.2f} | - | - |",
-              f"| Baseline (CiSS-Net's Base Net, t = 0) | {100 * ciss['0']['miou']:.2f} "
-              "| - | - |"]
-    for run, label, _ in RUNS:
-        gate = gates.get(run)
-        kept = (f"{100 * gate['kept']:.1f}% | {100 * gate['kept_where_right']:.1f}% / "
-                f"{100 * gate['kept_where_wrong']:.1f}%" if gate else "- | -")
-        lines.append(f"| {label} | {100 * _scores(run)['2']['miou']:.2f} | {kept} |")
-    lines += ["", "## Per-class IoU (CiSS-Net run)", "",
-              "| class | PSPNet | t = 0 | t = 2 |", "|---|---|---|---|"]
-    for c, name in enumerate(info.class_names):
-        values = [pspnet["iou"][c], ciss["0"]["iou"][c], ciss["2"]["iou"][c]]
-        lines.append(f"| {name} | " + " | ".join(
-            "-" if v is None else f"{100 * v:.2f}" for v in values) + " |")
-    version, served = served_scores(info)
-    lines += ["", f"Exported SavedModel (version {version}, T = 2, input scale {SCALE}) on the "
-              f"101 val PNGs through `serving_bytes`: mIoU {100 * served['miou']:.2f}, "
-              f"pixel accuracy {100 * served['pixel_accuracy']:.2f}."]
-    panel = figure(unroll, info)
+    panel = demo.figure_panel(unroll, batches, info.palette)
     # figure_panel zooms its tiles 2x (made for the demo's 96x96 scenes): back to 1x.
     panel = cv2.resize(panel, (panel.shape[1] // 2, panel.shape[0] // 2),
                        interpolation=cv2.INTER_AREA)
     cv2.imwrite(os.path.join(FLAGS.runs, "figure.png"), panel[..., ::-1])
-    return "\n".join(lines) + "\n"
+
+
+def flagfile_settings(name):
+    """The settings lines of `experiments/<name>.flags`, joined (no comments, no includes)."""
+    with open(os.path.join(_EXPERIMENTS, f"{name}.flags")) as f:
+        lines = [line.strip() for line in f]
+    return " ".join(line for line in lines
+                    if line and not line.startswith(("#", "--flagfile")))
+
+
+def recipe(seeds):
+    """The `recipe` string of the JSON: the command and the flagfiles' settings."""
+    return (
+        f"bash experiments/camvid.sh (seeds {','.join(str(s) for s in seeds)}): stage 1 "
+        f"experiments/camvid_pspnet.flags [{flagfile_settings('camvid_pspnet')}]; stage 2 "
+        f"experiments/camvid.flags [{flagfile_settings('camvid')}] with --seed=<seed>, and "
+        "the controls camvid_no_context, camvid_pmap, camvid_random_gate (--random_keep_rate "
+        "= the seed's CiSS-Net sampled kept fraction at the end of training), camvid_gated "
+        "(first seed only); scored on CamVid val at 480x360 with --eval_scales=0.5, greedy"
+    )
+
+
+def write_json(results, path):
+    """Writes `results` as JSON (a complete file or none: written aside, then renamed)."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
 
 
 def main(argv):
-    """Writes report.md and figure.png into --runs and prints the report."""
+    """Writes the JSON, report.md and figure.png; prints the report."""
     del argv
     info = datasets.get_dataset_info("camvid")
-    text = report(info)
+    seeds = [int(s) for s in FLAGS.seeds]
+    pspnet = read_steps(os.path.join(FLAGS.runs, "pspnet", "eval.json"))
+    scores = collect_scores(FLAGS.runs, seeds)
+    results = results_json(pspnet, scores, seeds, recipe(seeds))
+    write_json(results, FLAGS.results_json)
+    lines = score_tables(results, scores, info, pspnet["0"]["iou"])
+    gate_lines, unroll = gate_table(FLAGS.runs, seeds, info)
+    lines += gate_lines + wall_time_table(FLAGS.runs, seeds)
+    version, served = served_scores(info)
+    lines += ["", f"Exported SavedModel (version {version}, T = 2, input scale {SCALE}) on the "
+              f"101 val PNGs through `serving_bytes`: mIoU {100 * served['miou']:.2f}, "
+              f"pixel accuracy {100 * served['pixel_accuracy']:.2f}."]
+    write_figure(unroll, info)
+    text = "\n".join(lines) + "\n"
     with open(os.path.join(FLAGS.runs, "report.md"), "w") as f:
         f.write(text)
     print(text)

@@ -22,12 +22,14 @@ FLAGS = flags.FLAGS
 
 
 @functools.cache
-def _model_outputs(stage, preset, dataset, context_mode, unroll_steps):
+def _model_outputs(stage, preset, dataset, context_mode, unroll_steps, random_keep_rate):
     num_classes = datasets.get_dataset_info(dataset).num_classes
     if stage == "pspnet":
         model = config.build_pspnet(num_classes, preset)
         return {k: tuple(v.shape) for k, v in model(tf.zeros([1, 33, 33, 3])).items()}
-    model = config.build_ciss_net(num_classes, preset, context_mode)
+    model = config.build_ciss_net(
+        num_classes, preset, context_mode, random_keep_rate=random_keep_rate
+    )
     outputs = model(tf.zeros([1, 33, 33, 3]), num_steps=min(unroll_steps, 1))
     return {k: tuple(v.shape) for k, v in outputs.items()}
 
@@ -55,7 +57,8 @@ def test_flagfile_parses_and_builds(path, monkeypatch):
         height, width = (int(v) for v in FLAGS.crop_size)
         assert height > 0 and width > 0 and FLAGS.batch_size > 0
         shapes = _model_outputs(
-            FLAGS.stage, FLAGS.preset, FLAGS.dataset, FLAGS.context_mode, FLAGS.unroll_steps
+            FLAGS.stage, FLAGS.preset, FLAGS.dataset, FLAGS.context_mode, FLAGS.unroll_steps,
+            FLAGS.random_keep_rate,
         )
         assert shapes["logits"][-1] == info.num_classes
         if FLAGS.stage == "ciss":
@@ -71,6 +74,13 @@ def test_ablations_override_only_what_they_study(monkeypatch):
     with flagsaver.flagsaver():
         FLAGS(["train", "--flagfile=experiments/ade20k_pmap.flags"])
         assert FLAGS.context_mode == "pmap" and FLAGS.dataset == "ade20k"
+    with flagsaver.flagsaver():
+        FLAGS(["train", "--flagfile=experiments/camvid.flags"])
+        recipe = (FLAGS.max_steps, FLAGS.unroll_steps, FLAGS.base_learning_rate)
+    with flagsaver.flagsaver():
+        FLAGS(["train", "--flagfile=experiments/camvid_random_gate.flags"])
+        assert (FLAGS.context_mode, FLAGS.random_keep_rate) == ("random", 0.9)
+        assert (FLAGS.max_steps, FLAGS.unroll_steps, FLAGS.base_learning_rate) == recipe
 
 
 # Each flagfile's own settings (stage, optimizer, context mode, rewards, learning rates,

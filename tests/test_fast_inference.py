@@ -45,7 +45,8 @@ def _perturb_statistics(model, seed=0):
 def _tiny(context_mode="learned", context_encoder_norm="group"):
     keras.utils.set_random_seed(0)
     model = config.build_ciss_net(
-        NUM_CLASSES, "tiny", context_mode, context_encoder_norm=context_encoder_norm
+        NUM_CLASSES, "tiny", context_mode, context_encoder_norm=context_encoder_norm,
+        random_keep_rate=0.5 if context_mode == "random" else None,
     )
     model(tf.zeros([1, 33, 33, 3]), num_steps=1)
     _perturb_statistics(model)
@@ -182,7 +183,7 @@ def test_winograd_kernel_hand_value_and_static_shape_check():
 @pytest.mark.parametrize(
     "context_mode,winograd,norm", [("learned", False, "group"), ("learned", False, "batch"),
                                    ("pmap", False, "group"), ("none", False, "group"),
-                                   ("learned", True, "group")],
+                                   ("random", False, "group"), ("learned", True, "group")],
 )
 def test_fast_unroll_equals_plain_model_at_every_step(context_mode, winograd, norm):
     model = _tiny(context_mode, norm)
@@ -201,8 +202,8 @@ def test_fast_unroll_equals_plain_model_at_every_step(context_mode, winograd, no
         np.testing.assert_allclose(got["logits"][t], plain["logits"][t], **tolerance)
     np.testing.assert_array_equal(got["context"], plain["context"])
     kept = float(tf.reduce_mean(tf.cast(plain["context"] > 0, tf.float32)))
-    if context_mode == "learned":
-        assert 0.05 < kept < 0.95  # both actions occur, so the policy path is compared
+    if context_mode in ("learned", "random"):
+        assert 0.05 < kept < 0.95  # both actions occur, so the gate's path is compared
     assert fast(images, num_steps=0)["context"].shape == (0, 2, 9, 10)
 
 

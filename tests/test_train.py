@@ -66,6 +66,20 @@ def _assert_same_weights(a, b, atol):
             np.testing.assert_allclose(a[name], b[name], atol=atol, rtol=0, err_msg=name)
 
 
+def _summaries(model_dir):
+    """`{(tag, step): value}` of the TensorBoard events in `model_dir/train`."""
+    values = {}
+    for path in glob.glob(str(model_dir / "train" / "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                values[value.tag, event.step] = tf.make_ndarray(value.tensor)
+    return values
+
+
+def _tags(model_dir):
+    return {tag for tag, _ in _summaries(model_dir)}
+
+
 def test_overfits_a_few_images_and_logs_every_tag(data_dir, tmp_path):
     # Two images, no augmentation that changes them much: the segmentation loss must fall.
     model_dir = tmp_path / "run"
@@ -80,10 +94,7 @@ def test_overfits_a_few_images_and_logs_every_tag(data_dir, tmp_path):
     ]
     assert len(losses) == 12 and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
-    tags = set()
-    for path in glob.glob(str(model_dir / "train" / "events.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            tags.update(value.tag for value in event.summary.value)
+    tags = _tags(model_dir)
     expected = {
         "loss/total", "loss/policy", "loss/value", "loss/entropy", "loss/segmentation",
         "loss/segmentation_t0", "loss/segmentation_t2", "loss/weight_decay", "rl/reward",
@@ -136,6 +147,79 @@ def test_resume_equals_uninterrupted(data_dir, tmp_path):
     )
     reader = tf.train.load_checkpoint(str(tmp_path / "resumed" / "ckpt-4"))
     assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 4
+
+
+def test_adamw_three_groups_on_two_replicas_resume_equals_uninterrupted(data_dir, tmp_path):
+    # Stage 2 with AdamW (forbidden while the groups were gradient multipliers) and the
+    # authors' three groups, on two replicas: stopped at step 1 and resumed equals straight
+    # to step 2 only if every group's moments and step count are checkpointed and restored.
+    # (Against one device AdamW agrees only loosely: it divides near-zero gradients by
+    # their own magnitude, which amplifies the rounding of the replica sum; the SGD test
+    # above compares one and two replicas.)
+    common = [
+        *TINY, f"--data_dir={data_dir}", "--max_steps=2", "--dropout=0", "--deterministic",
+        "--optimizer=adamw", "--weight_decay=0.01", "--context_net_learning_rate=0.0003",
+        "--num_cpu_devices=2",
+    ]
+    _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'two'}")
+    _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'resumed'}", "--stop_at_step=1")
+    first = json.loads((tmp_path / "resumed" / train.SUMMARY_FILE).read_text())
+    result = _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'resumed'}")
+    assert "Resumed from" in result.stderr
+    _assert_same_weights(_weights(tmp_path / "resumed", 2), _weights(tmp_path / "two", 2),
+                         atol=1e-6)
+    reader = tf.train.load_checkpoint(str(tmp_path / "resumed" / "ckpt-2"))
+    names = reader.get_variable_to_shape_map()
+    for key in ("optimizer", "optimizer_context", "optimizer_context_net"):
+        assert f"{key}/_iterations/.ATTRIBUTES/VARIABLE_VALUE" in names, key
+    # Each group's rate on its own poly schedule: step 2 of 2 runs at (1 - 1/2)^0.9 of it.
+    scalars = _summaries(tmp_path / "two")
+    for tag, rate in (("base", 0.01), ("context", 0.001), ("context_net", 0.0003)):
+        assert scalars[f"learning_rate/{tag}", 1] == pytest.approx(rate, rel=1e-6)
+        assert scalars[f"learning_rate/{tag}", 2] == pytest.approx(rate * 0.5**0.9, rel=1e-6)
+    # The summary counts both sessions' time; its terms average this session's steps.
+    summary = json.loads((tmp_path / "resumed" / train.SUMMARY_FILE).read_text())
+    assert (first["step"], first["max_steps"], summary["step"]) == (1, 2, 2)
+    assert summary["seconds"] > first["seconds"] > 0
+    assert 0 <= summary["final_terms"]["kept_fraction"] <= 1
+    assert summary["final_terms"]["total"] == pytest.approx(
+        float(result.stderr.split("step 2/2  loss ")[1].split()[0]), abs=1e-4)
+
+
+def test_base_init_pspnet_copies_the_stage1_head_into_the_base_net(data_dir, tmp_path):
+    keras.utils.set_random_seed(7)
+    pspnet = config.build_pspnet(8, "tiny")
+    pspnet(tf.zeros([1, 48, 48, 3]))
+    # Non-trivial norm values in the head, to show they are not what the Base Net gets.
+    pspnet.head.norm.gamma.assign(tf.fill(pspnet.head.norm.gamma.shape, 3.0))
+    pspnet.head.norm.beta.assign(tf.fill(pspnet.head.norm.beta.shape, -2.0))
+    prefix = checkpoints.save_model(pspnet, str(tmp_path / "stage1" / "ckpt-1"))
+    model_dir = tmp_path / "run"
+    # Rates 0: the checkpoint of step 1 holds the initial weights.
+    _run(
+        "ciss_tf.train", *TINY, f"--data_dir={data_dir}", f"--model_dir={model_dir}",
+        "--max_steps=1", f"--init_checkpoint={prefix}", "--base_init=pspnet",
+        "--base_learning_rate=0", "--context_learning_rate=0",
+    )
+    reader = tf.train.load_checkpoint(str(model_dir / "ckpt-1"))
+
+    def stored(key):
+        return reader.get_tensor(f"model/{key.replace('/', '.S')}/.ATTRIBUTES/VARIABLE_VALUE")
+
+    head = pspnet.head
+    np.testing.assert_array_equal(stored("base_net/conv/kernel"), head.conv.kernel.numpy())
+    np.testing.assert_array_equal(
+        stored("base_net/classifier/kernel"), head.classifier.kernel.numpy())
+    np.testing.assert_array_equal(stored("base_net/classifier/bias"), head.classifier.bias.numpy())
+    np.testing.assert_array_equal(stored("base_net/gn/gamma"), np.ones(32, np.float32))
+    np.testing.assert_array_equal(stored("base_net/gn/beta"), np.zeros(32, np.float32))
+    result = _run(
+        "ciss_tf.train", *TINY, f"--data_dir={data_dir}", f"--model_dir={tmp_path / 'bad'}",
+        "--max_steps=1", "--base_init=pspnet", check=False,
+    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode != 0 and last.startswith("error: --base_init=pspnet"), last
+    assert not (tmp_path / "bad").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
@@ -217,25 +301,141 @@ def test_an_overflow_on_one_replica_makes_every_replica_skip():
             assert np.isnan(values).all()
 
 
-def test_adamw_decays_conv_kernels_only_and_needs_one_learning_rate_group():
-    conv = keras.layers.Conv2D(2, 1, name="conv")
-    norm = keras.layers.BatchNormalization(name="bn")
-    norm(conv(tf.ones([1, 1, 1, 3])))
-    variables = conv.trainable_variables + norm.trainable_variables
-    before = [v.numpy() for v in variables]
+def _parsed_flags():
     if not train.FLAGS.is_parsed():  # flag defaults, as a command line without flags gives
         train.FLAGS.mark_as_parsed()
-    with flagsaver.flagsaver(optimizer="adamw", stage="pspnet", weight_decay=0.1):
-        optimizer = train.make_optimizer(0.5, variables)
+
+
+def _conv_variables(name, seed):
+    """A built 1x1 conv's kernel and bias, with non-zero values (keras Variables: `.path`)."""
+    conv = keras.layers.Conv2D(2, 1, name=name, bias_initializer="ones")
+    keras.utils.set_random_seed(seed)
+    conv(tf.ones([1, 1, 1, 3]))
+    return conv.trainable_variables
+
+
+def test_sgd_groups_equal_the_gradient_multiplier_form():
+    # Hand check, lr_power 1, max_steps 10: the base rate is 0.1 at step 0 and 0.09 at step
+    # 1; momentum 0.9 (Keras: v = 0.9 v - lr g, w += v). Gradients g1 = (1, -2), g2 =
+    # (0.5, 3), weights from 0: v1 = (-0.1, 0.2) = w1; v2 = 0.9 v1 - 0.09 g2 =
+    # (-0.135, -0.09); w2 = (-0.235, 0.11). The context group at 0.01 = the base rate x 0.1
+    # moves 10x less, which is what the old multiplier form (its gradients x 0.1, the base
+    # schedule) gives: lr x (0.1 g) = (0.1 lr) x g at every step, momentum being linear.
+    _parsed_flags()
+    gradients = [tf.constant([1.0, -2.0]), tf.constant([0.5, 3.0])]
+    with flagsaver.flagsaver(optimizer="sgd", momentum=0.9, max_steps=10, lr_power=1.0):
+        base, context = keras.Variable(tf.zeros([2])), keras.Variable(tf.zeros([2]))
+        groups = [train.VariableGroup("base", (base,), 0.1),
+                  train.VariableGroup("context", (context,), 0.01)]
+        optimizers = train.make_group_optimizers(groups)
+        old_base, old_context = keras.Variable(tf.zeros([2])), keras.Variable(tf.zeros([2]))
+        old = train.make_optimizer(train.make_schedule(0.1), [old_base, old_context])
+        for g in gradients:
+            train.apply_group_gradients(groups, optimizers, [g, g])
+            old.apply_gradients([(g, old_base), (0.1 * g, old_context)])
+    np.testing.assert_allclose(base.numpy(), [-0.235, 0.11], rtol=1e-6)
+    np.testing.assert_allclose(context.numpy(), [-0.0235, 0.011], rtol=1e-6)
+    np.testing.assert_allclose(base.numpy(), old_base.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(context.numpy(), old_context.numpy(), rtol=1e-6)
+
+
+def test_adamw_decays_conv_kernels_only_each_group_at_its_own_rate():
+    # AdamW's first step (Keras: m = 0.1 g, v = 0.001 g^2, bias-corrected) moves a weight by
+    # lr g / (|g| + eps / sqrt(1 - beta2)), about lr sign(g), and first decays it by
+    # w * wd * lr (kernels only): both at the group's own rate.
+    _parsed_flags()
+    rates = {"base": 0.1, "context": 0.01, "context_net": 0.001}
+    variables = {name: _conv_variables(name, seed) for seed, name in enumerate(rates)}
+    before = {name: [v.numpy() for v in vs] for name, vs in variables.items()}
+    groups = [train.VariableGroup(name, tuple(variables[name]), lr) for name, lr in rates.items()]
+    with flagsaver.flagsaver(optimizer="adamw", weight_decay=0.5, max_steps=100):
+        optimizers = train.make_group_optimizers(groups)
         # A zero gradient leaves Adam's step at 0: only the decoupled decay moves weights.
-        optimizer.apply_gradients([(tf.zeros_like(v), v) for v in variables])
-    for variable, value in zip(variables, before, strict=True):
-        factor = 1 - 0.5 * 0.1 if "kernel" in variable.path else 1.0
-        np.testing.assert_allclose(variable.numpy(), factor * value, rtol=1e-6,
-                                   err_msg=variable.path)
-    with flagsaver.flagsaver(optimizer="adamw", stage="ciss"):
-        with pytest.raises(ValueError, match="--optimizer=adamw needs --stage=pspnet"):
-            train.make_optimizer(0.5, variables)
+        train.apply_group_gradients(
+            groups, optimizers, [tf.zeros_like(v) for g in groups for v in g.variables]
+        )
+        for name, lr in rates.items():
+            for variable, value in zip(variables[name], before[name], strict=True):
+                factor = 1 - lr * 0.5 if "kernel" in variable.path else 1.0
+                np.testing.assert_allclose(variable.numpy(), factor * value, rtol=1e-6,
+                                           err_msg=variable.path)
+        fresh = train.make_group_optimizers(groups)
+        start = {name: [v.numpy() for v in vs] for name, vs in variables.items()}
+        gradient = {"kernel": 2.0, "bias": -3.0}
+        train.apply_group_gradients(groups, fresh, [
+            tf.fill(v.shape, gradient["kernel" if "kernel" in v.path else "bias"])
+            for g in groups for v in g.variables
+        ])
+    for name, lr in rates.items():
+        for variable, value in zip(variables[name], start[name], strict=True):
+            kernel = "kernel" in variable.path
+            g = gradient["kernel" if kernel else "bias"]
+            adam = lr * g / (abs(g) + 1e-7 / np.sqrt(1 - 0.999))
+            expected = value * (1 - lr * 0.5 if kernel else 1.0) - adam
+            np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-5, atol=1e-7,
+                                       err_msg=variable.path)
+
+
+def test_loss_scaled_groups_skip_together_and_keep_one_scale():
+    # mixed_float16: one LossScaleOptimizer per group, the loss scaled by the first. An
+    # overflow in one group's gradients must make every group skip the step and halve its
+    # scale, else the groups' scales (and the unscaling of the shared scaled loss) diverge.
+    _parsed_flags()
+    with flagsaver.flagsaver(optimizer="sgd", momentum=0.0, lr_power=0.0):
+        base, context = keras.Variable(tf.zeros([2])), keras.Variable(tf.zeros([2]))
+        groups = [train.VariableGroup("base", (base,), 0.1),
+                  train.VariableGroup("context", (context,), 0.01)]
+        optimizers = train.make_group_optimizers(groups, loss_scaling=True)
+        train.apply_group_gradients(
+            groups, optimizers, [tf.ones([2]), tf.constant([1.0, np.inf])]
+        )
+        np.testing.assert_array_equal(base.numpy(), [0.0, 0.0])
+        np.testing.assert_array_equal(context.numpy(), [0.0, 0.0])
+        assert [float(o.dynamic_scale) for o in optimizers] == [2.0**14, 2.0**14]
+        scale = float(optimizers[0].dynamic_scale)
+        train.apply_group_gradients(groups, optimizers, [tf.fill([2], 2.0 * scale)] * 2)
+    np.testing.assert_allclose(base.numpy(), [-0.2, -0.2], rtol=1e-6)
+    np.testing.assert_allclose(context.numpy(), [-0.02, -0.02], rtol=1e-6)
+    assert [int(o.iterations) for o in optimizers] == [1, 1]
+
+
+def test_variable_groups_follow_the_flags_and_cover_every_trainable_variable():
+    _parsed_flags()
+    learned = config.build_ciss_net(8, "tiny")
+    pmap = config.build_ciss_net(8, "tiny", "pmap")
+    for model in (learned, pmap):
+        model(tf.zeros([1, 33, 33, 3]), num_steps=1)
+
+    def names(model, **overrides):
+        with flagsaver.flagsaver(base_learning_rate=0.1, context_learning_rate=0.01,
+                                 **overrides):
+            groups = train.variable_groups(model, "ciss")
+        ids = [id(v) for g in groups for v in g.variables]
+        assert len(ids) == len(set(ids))
+        return {g.name: ({id(v) for v in g.variables}, g.learning_rate) for g in groups}
+
+    def ids(layer):
+        return {id(v) for v in layer.trainable_variables}
+
+    everything = ids(learned)
+    assert names(learned, unroll_steps=2) == {
+        "base": (ids(learned.base_net), 0.1),
+        "context": (everything - ids(learned.base_net), 0.01),
+    }
+    assert names(learned, unroll_steps=2, context_net_learning_rate=0.003) == {
+        "base": (ids(learned.base_net), 0.1),
+        "context": (ids(learned.bias_net), 0.01),
+        "context_net": (ids(learned.context_net), 0.003),
+    }
+    # T = 0: the others get no gradient, so they get no optimizer.
+    assert names(learned, unroll_steps=0) == {"base": (ids(learned.base_net), 0.1)}
+    # No Context Net: its rate has nothing to apply to.
+    assert names(pmap, unroll_steps=2, context_net_learning_rate=0.003) == {
+        "base": (ids(pmap.base_net), 0.1), "context": (ids(pmap.bias_net), 0.01),
+    }
+    with flagsaver.flagsaver(base_learning_rate=0.1):
+        [group] = train.variable_groups(learned, "pspnet")
+    assert {id(v) for v in group.variables} == everything and group.learning_rate == 0.1
 
 
 def _free_port():

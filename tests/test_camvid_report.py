@@ -1,0 +1,238 @@
+"""experiments/camvid_report.py: the results JSON, the targets and the run loader."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ciss_tf import checkpoints, config, demo
+from ciss_tf.data import datasets
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+_SPEC = importlib.util.spec_from_file_location(
+    "camvid_report", ROOT / "experiments" / "camvid_report.py"
+)
+report = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(report)
+
+INFO = datasets.get_dataset_info("camvid")
+SEEDS = [0, 1, 2]
+
+
+def _write_eval(folder, t2_miou, t0_miou=0.4):
+    """An eval.json whose steps 2..6 score `t2_miou`, steps 0 and 1 `t0_miou`."""
+    os.makedirs(folder, exist_ok=True)
+    steps = {
+        str(t): {"miou": t0_miou if t < 2 else t2_miou, "pixel_accuracy": 0.9,
+                 "iou": [t2_miou] * (INFO.num_classes - 1) + [None]}
+        for t in range(7)
+    }
+    with open(os.path.join(folder, "eval.json"), "w") as f:
+        json.dump({"steps": steps}, f)
+
+
+def _fake_runs(root, t2):
+    """Run folders with eval.json files: `t2` maps a run key to its per-seed t = 2 mIoU."""
+    _write_eval(root / "pspnet", t2_miou=0.6, t0_miou=0.50)  # stage 1 has step 0 only
+    for key, values in t2.items():
+        run = report.RUN_BY_KEY[key]
+        for seed, value in zip(run.seeds(SEEDS), values, strict=False):
+            if value is not None:
+                _write_eval(report.run_dir(str(root), run, seed), value)
+
+
+def _results(root):
+    scores = report.collect_scores(str(root), SEEDS)
+    pspnet = report.read_steps(str(root / "pspnet" / "eval.json"))
+    return report.results_json(pspnet, scores, SEEDS, "the recipe"), scores
+
+
+def test_results_json_has_the_contract_shape(tmp_path):
+    _fake_runs(tmp_path, {
+        "ciss": [0.53, 0.52, 0.54], "no_context": [0.51, 0.515, 0.52],
+        "baseline_pmap": [0.51, 0.515, 0.52], "random_gate": [0.52, 0.52, None],
+        "gated": [0.525],
+    })
+    results, _ = _results(tmp_path)
+    path = str(tmp_path / "camvid_results.json")
+    report.write_json(results, path)
+    with open(path) as f:
+        written = json.load(f)
+    assert written == {
+        "pspnet_miou": 0.50,
+        "t2_miou": {"ciss": [0.53, 0.52, 0.54], "no_context": [0.51, 0.515, 0.52],
+                    "baseline_pmap": [0.51, 0.515, 0.52], "random_gate": [0.52, 0.52, None],
+                    "gated": [0.525, None, None]},
+        "t0_miou": {"ciss": [0.4] * 3, "no_context": [0.4] * 3, "baseline_pmap": [0.4] * 3,
+                    "random_gate": [0.4, 0.4, None], "gated": [0.4, None, None]},
+        "seeds": [0, 1, 2],
+        "recipe": "the recipe",
+    }
+    assert not os.path.exists(path + ".tmp")
+
+
+def test_mean_std_over_seeds_by_hand():
+    # Points 53, 52, 54: mean 53; sample std sqrt((0 + 1 + 1) / 2) = 1.
+    mean, std = report.mean_std([53.0, 52.0, None, 54.0])
+    assert mean == pytest.approx(53.0) and std == pytest.approx(1.0)
+    mean, std = report.mean_std([0.7])
+    assert mean == 0.7 and np.isnan(std)
+    assert all(np.isnan(report.mean_std([None])))
+
+
+def test_targets_met_by_hand(tmp_path):
+    # CiSS-Net 53 ± 1 points against: PSPNet 50 (+3), no context 51.5 (+1.5), p-map
+    # 51.5 ± 0.5 (+1.5 >= 1 and > max(1, 0.5)), the random gate 52 (+1).
+    _fake_runs(tmp_path, {
+        "ciss": [0.53, 0.52, 0.54], "no_context": [0.51, 0.515, 0.52],
+        "baseline_pmap": [0.51, 0.515, 0.52], "random_gate": [0.52, 0.52, 0.52],
+        "gated": [0.525],
+    })
+    results, scores = _results(tmp_path)
+    judged = report.targets(results)
+    assert [t.met for t in judged] == [True, True, True, True]
+    assert judged[0].numbers == "53.00 vs 50.00: +3.00"
+    assert judged[2].numbers == "53.00 vs 51.50: +1.50; seed std 1.00 / 0.50"
+    assert judged[3].numbers == "53.00 vs 52.00: +1.00"
+    lines = report.score_tables(results, scores, INFO, [0.5] * INFO.num_classes)
+    assert "| CiSS-Net | 40.00 ± 0.00 | 53.00 ± 1.00 | 53.00 / 52.00 / 54.00 |" in lines
+    assert any(line.startswith("| CiSS-Net t = 2 >= stage-1 PSPNet + 1.0 | met |")
+               for line in lines)
+
+
+def test_targets_missed_by_hand(tmp_path):
+    # CiSS-Net 53 ± 2: PSPNet 50 (+3, met); no context 52.5 (+0.5 < 1); p-map 51.5 ± 0.5
+    # (+1.5 >= 1 but not above the seed std 2); the random gate 53.5 (-0.5).
+    _fake_runs(tmp_path, {
+        "ciss": [0.51, 0.53, 0.55], "no_context": [0.525] * 3,
+        "baseline_pmap": [0.51, 0.515, 0.52], "random_gate": [0.535] * 3, "gated": [0.5],
+    })
+    results, _ = _results(tmp_path)
+    judged = report.targets(results)
+    assert [t.met for t in judged] == [True, False, False, False]
+    assert judged[1].numbers == "53.00 vs 52.50: +0.50"
+    assert judged[2].numbers == "53.00 vs 51.50: +1.50; seed std 2.00 / 0.50"
+    assert judged[3].numbers == "53.00 vs 53.50: -0.50"
+
+
+def test_a_run_without_numbers_misses_its_target(tmp_path):
+    _fake_runs(tmp_path, {"ciss": [0.53, 0.52, 0.54], "no_context": [0.5] * 3,
+                          "baseline_pmap": [0.5] * 3})
+    results, _ = _results(tmp_path)
+    assert results["t2_miou"]["random_gate"] == [None, None, None]
+    assert [t.met for t in report.targets(results)] == [True, True, True, False]
+
+
+def test_wall_time_table_reads_the_train_summaries(tmp_path):
+    run = report.RUN_BY_KEY["ciss"]
+    folder = report.run_dir(str(tmp_path), run, 1)
+    os.makedirs(folder)
+    with open(os.path.join(folder, "train_summary.json"), "w") as f:
+        json.dump({"step": 300, "max_steps": 300, "seconds": 303.4, "final_terms": {}}, f)
+    lines = report.wall_time_table(str(tmp_path), SEEDS)
+    assert "| CiSS-Net | 1 | 300 | 5 min 03 s |" in lines
+    assert "| CiSS-Net | 0 | - | - |" in lines
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    subprocess.run(
+        [sys.executable, "-m", "data_prep.build_tfrecords", "--dataset=synthetic",
+         f"--output_dir={out}", "--synthetic_num_train=4", "--synthetic_num_val=1",
+         "--synthetic_height=48", "--synthetic_width=48"],
+        cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600,
+    )
+    return str(out)
+
+
+def test_loader_builds_the_run_as_trained(data_dir, tmp_path):
+    # The CamVid flagfiles train the Context Net's branches with batch norm; the old loader
+    # built GroupNorm ones and failed ("lacks 8 variables").
+    model_dir = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "-m", "ciss_tf.train", "--stage=ciss", "--preset=tiny",
+         "--dataset=synthetic", "--crop_size=48,48", "--batch_size=2", "--unroll_steps=1",
+         "--context_encoder_norm=batch", "--dropout=0.2", "--max_steps=1",
+         "--image_summary_every=0", f"--data_dir={data_dir}", f"--model_dir={model_dir}"],
+        cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600,
+    )
+    with pytest.raises(ValueError, match="lacks"):
+        demo.load_run(str(model_dir), 8, "learned")
+    loaded = report.load_run(str(model_dir))
+    assert (loaded.context_encoder_norm, loaded.dropout) == ("batch", 0.2)
+    expected = config.build_ciss_net(8, "tiny", context_encoder_norm="batch", dropout=0.2)
+    expected(tf.zeros([1, 33, 33, 3]), num_steps=1)
+    checkpoints.restore_model(expected, str(model_dir))
+    images = tf.random.stateless_normal([2, 48, 48, 3], seed=[1, 2]) * 50.0
+    got = loaded(images, num_steps=3)
+    want = expected(images, num_steps=3)
+    np.testing.assert_array_equal(got["logits"], want["logits"])
+    np.testing.assert_array_equal(got["context"], want["context"])
+
+
+_FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python in camvid.sh: runs `-c` snippets, logs and fakes every tool.
+if [ "$1" = "-c" ]; then exec "$REAL_PYTHON" "$@"; fi
+echo "$*" >> "$FAKE_LOG"
+for arg in "$@"; do
+  case $arg in
+    --model_dir=*) model_dir=${arg#*=} ;;
+    --output_dir=*) mkdir -p "${arg#*=}"; touch "${arg#*=}/val-00000-of-00001.tfrecord" ;;
+    --output_json=*) echo '{}' > "${arg#*=}" ;;
+    --export_dir=*) mkdir -p "${arg#*=}/1" ;;
+    --seed=*) seed=${arg#*=} ;;
+  esac
+done
+if [ "$2" = ciss_tf.train ]; then
+  mkdir -p "$model_dir"
+  # The CiSS-Net run of seed s keeps 0.7s5 (0.705, 0.715, ...) at the end of its training.
+  printf '{"step": 5, "max_steps": 5, "final_terms": {"kept_fraction": 0.7%s5}}' "${seed:-0}" \\
+    > "$model_dir/train_summary.json"
+fi
+"""
+
+
+def test_camvid_sh_runs_every_run_and_seed_once_with_the_measured_keep_rate(tmp_path):
+    fake = tmp_path / "python"
+    fake.write_text(_FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "log"
+    env = dict(ENV, PYTHON=str(fake), REAL_PYTHON=sys.executable, FAKE_LOG=str(log),
+               SEEDS="0 1 2")
+    runs = tmp_path / "runs"
+    for _ in range(2):  # the second pass finds everything done
+        subprocess.run(["bash", "experiments/camvid.sh", str(runs)], cwd=ROOT, env=env,
+                       check=True, capture_output=True, timeout=300)
+    calls = log.read_text().splitlines()
+    trainings = [c for c in calls if c.startswith("-m ciss_tf.train")]
+    folders = sorted(c.split("--model_dir=")[1].split()[0].split("/")[-1] for c in trainings)
+    assert folders == sorted(
+        ["pspnet", "camvid_gated_s0"] + [
+            f"{run}_s{seed}" for seed in (0, 1, 2)
+            for run in ("camvid", "camvid_no_context", "camvid_pmap", "camvid_random_gate")
+        ]
+    )
+    for seed in (0, 1, 2):
+        for tool in ("ciss_tf.train", "ciss_tf.evaluate"):
+            [call] = [c for c in calls if c.startswith(f"-m {tool}")
+                      and f"camvid_random_gate_s{seed}" in c]
+            assert f"--random_keep_rate=0.7{seed}5" in call.split()
+        [call] = [c for c in trainings if f"camvid_s{seed} " in c + " "]
+        assert f"--seed={seed}" in call.split()
+        assert "--flagfile=experiments/camvid.flags" in call.split()
+    evaluations = [c for c in calls if c.startswith("-m ciss_tf.evaluate")]
+    assert len(evaluations) == len(trainings)
+    assert all("--eval_steps=0,1,2,3,4,5,6" in c for c in evaluations if "pspnet" not in c)
+    [export_call] = [c for c in calls if c.startswith("-m ciss_tf.export")]
+    assert f"--checkpoint={runs}/camvid_s0 " in export_call + " "
+    reports = [c for c in calls if c.startswith("experiments/camvid_report.py")]
+    assert reports == [f"experiments/camvid_report.py --runs={runs} "
+                       f"--data_dir={runs}/data --seeds=0,1,2"] * 2
