@@ -17,8 +17,8 @@ from absl import logging
 from cityscapesscripts.helpers import labels as cityscapes_labels
 
 from ciss_tf.data import synthetic
+from ciss_tf.data.tfrecord import IGNORE_LABEL
 
-IGNORE = 255
 # Fixed seed of the on-disk order of the train split: the input pipeline shuffles windows
 # of consecutive records, so each window should already be a random sample.
 _TRAIN_ORDER_SEED = 0
@@ -67,18 +67,18 @@ LABEL_MAPS = {
     # The official table: trainId 255 (and -1, only for the license plate, id -1) is ignored.
     "cityscapes": _label_map(
         {
-            label.id: label.trainId if 0 <= label.trainId < IGNORE else IGNORE
+            label.id: label.trainId if 0 <= label.trainId < IGNORE_LABEL else IGNORE_LABEL
             for label in cityscapes_labels.labels
             if label.id >= 0
         }
     ),
     # 0 is "other objects", left out of the 150 classes; 1..150 shift down by one.
-    "ade20k": _label_map({0: IGNORE, **{raw: raw - 1 for raw in range(1, 151)}}),
+    "ade20k": _label_map({0: IGNORE_LABEL, **{raw: raw - 1 for raw in range(1, 151)}}),
     # 0 is background, a class of its own. No ignore value: 255 is an error, as it is in
     # the other common pc59 files (255 = background, 0..58 the classes) that would otherwise
     # be read silently wrong.
     "pascal_context": _label_map({raw: raw for raw in range(60)}),
-    "camvid": _label_map({**{raw: raw for raw in range(11)}, 11: IGNORE}),
+    "camvid": _label_map({**{raw: raw for raw in range(11)}, 11: IGNORE_LABEL}),
     "synthetic": _label_map({raw: raw for raw in range(synthetic.NUM_CLASSES)}),
 }
 

@@ -18,8 +18,7 @@ import numpy as np
 from cityscapesscripts.helpers import labels as cityscapes_labels
 
 from ciss_tf.data import synthetic
-
-IGNORE_LABEL = 255
+from ciss_tf.data.tfrecord import IGNORE_LABEL
 
 
 @dataclasses.dataclass(frozen=True)

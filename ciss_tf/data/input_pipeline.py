@@ -26,9 +26,9 @@ then be a multiple of `n`, as `step * global_batch` is.
 import tensorflow as tf
 
 from ciss_tf.data import tfrecord
+from ciss_tf.data.tfrecord import IGNORE_LABEL
 
 MEAN_RGB = (123.68, 116.779, 103.939)
-IGNORE_LABEL = 255
 
 _RNG_ALG = "philox"
 _ORDER_KEY = 1

@@ -19,6 +19,9 @@ IMAGE_HEIGHT = "image/height"
 IMAGE_WIDTH = "image/width"
 LABEL_ENCODED = "image/segmentation/class/encoded"
 LABEL_FORMAT = "image/segmentation/class/format"
+# The label value of unlabelled pixels in the stored train ids, for every dataset: the one
+# definition (data_prep writes it, the pipeline, losses and metrics leave it out).
+IGNORE_LABEL = 255
 
 _FEATURES = {
     IMAGE_ENCODED: tf.io.FixedLenFeature((), tf.string),
