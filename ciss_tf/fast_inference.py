@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 from ciss_tf import ops
-from ciss_tf.model import random_gate_actions
+from ciss_tf.model import context_actions
 
 
 def fold_batch_norm(kernel, gamma, beta, mean, variance, epsilon):
@@ -528,14 +528,13 @@ class FastCissNet(tf.Module):
         c1 = projected + self._encoded_conv(self.bias_e_kernels, onehot, branches)
         return net.classifier(net.trunk.from_first_conv(c1, convs=self.trunk_convs[0]))
 
-    def _keep(self, projected, logits):
-        """The greedy action of the Context Net for the p-map of `logits`."""
+    def _policy_logits(self, projected, logits):
+        """The Context Net's policy logits (float32) for the p-map of `logits`."""
         probabilities = tf.cast(tf.nn.softmax(tf.cast(logits, tf.float32)), self.dtype)
         branches = self._branches(self.context_net, probabilities)
         c1 = projected + self._encoded_conv(self.context_e_kernels, probabilities, branches)
         z = self.context_net.trunk.from_first_conv(c1, convs=self.trunk_convs[1])
-        policy_logits = self.context_net.policy_head(z)
-        return tf.cast(policy_logits[..., 1] > policy_logits[..., 0], tf.int32)
+        return tf.cast(self.context_net.policy_head(z), tf.float32)
 
     def __call__(self, images, num_steps=2):
         """Greedy unrolled inference, as `CissNet(images, training=False)`.
@@ -561,15 +560,12 @@ class FastCissNet(tf.Module):
         logits, contexts = [base_logits], []
         for t in range(num_steps):
             prediction = tf.argmax(logits[-1], axis=-1, output_type=tf.int32)
-            if self.context_mode == "learned":
-                action = self._keep(context_x, logits[-1])
-            elif self.context_mode == "pmap":
-                action = tf.ones_like(prediction)
-            elif self.context_mode == "random":
-                # The model's evaluation draw (keyed by the position in the batch).
-                action = random_gate_actions(prediction, self.random_keep_rate, t, sample=False)
-            else:
-                action = tf.zeros_like(prediction)
+            policy_logits = (self._policy_logits(context_x, logits[-1])
+                             if self.context_mode == "learned" else None)
+            # Greedy; the random gate's evaluation draw (keyed by the position in the batch).
+            action = context_actions(self.context_mode, prediction, t,
+                                     policy_logits=policy_logits,
+                                     random_keep_rate=self.random_keep_rate)
             context = action * (prediction + 1)
             logits.append(base_logits + self._bias_logits(bias_x, context))
             contexts.append(context)

@@ -94,6 +94,36 @@ def random_gate_actions(like, keep_rate, step, sample, sample_ids=None, seed=0):
     return sample_actions(keep, step, sample_ids, seed)
 
 
+def context_actions(context_mode, prediction, step, *, policy_logits=None, sample=False,
+                    sample_ids=None, seed=0, random_keep_rate=None):
+    """The actions `B_t` of step t in every context mode: the one gate rule of the unroll.
+
+    Args:
+      context_mode: "learned" (the Context Net's policy), "pmap" (all 1), "none" (all 0)
+        or "random" (Bernoulli(`random_keep_rate`), see `random_gate_actions`).
+      prediction: int32 `[B, h, w]`, the p-map's class ids (the actions' shape).
+      step: the unrolled step t (Python int).
+      policy_logits: float `[B, h, w, 2]` ("learned" only).
+      sample: draw Bernoulli(pi_t(keep)) (training); otherwise keep where
+        pi_t(keep) > pi_t(ignore) (the greedy action).
+      sample_ids, seed: keys of the sampled noise (see `sample_actions`).
+      random_keep_rate: the random gate's keep rate.
+
+    Returns:
+      int32 `[B, h, w]` in {0, 1}.
+    """
+    if context_mode == "learned":
+        if sample:
+            keep = tf.nn.softmax(policy_logits)[..., 1]
+            return sample_actions(keep, step, sample_ids, seed)
+        return tf.cast(policy_logits[..., 1] > policy_logits[..., 0], tf.int32)
+    if context_mode == "pmap":
+        return tf.ones_like(prediction)
+    if context_mode == "random":
+        return random_gate_actions(prediction, random_keep_rate, step, sample, sample_ids, seed)
+    return tf.zeros_like(prediction)
+
+
 @keras.saving.register_keras_serializable(package="ciss_tf")
 class CissNet(keras.Model):
     """The unrolled CiSS-Net.
@@ -207,23 +237,15 @@ class CissNet(keras.Model):
         logits, contexts, actions, policies, values = [base_logits], [], [], [], []
         for t in range(num_steps):
             prediction = tf.argmax(logits[-1], axis=-1, output_type=tf.int32)
+            policy_logits = None
             if learned:
                 policy_logits, value = context_net(logits[-1])
                 policies.append(policy_logits)
                 values.append(value)
-                if sample:
-                    keep = tf.nn.softmax(policy_logits)[..., 1]
-                    action = sample_actions(keep, t, sample_ids, seed)
-                else:
-                    action = tf.cast(policy_logits[..., 1] > policy_logits[..., 0], tf.int32)
-            elif self.context_mode == "pmap":
-                action = tf.ones_like(prediction)
-            elif self.context_mode == "random":
-                action = random_gate_actions(
-                    prediction, self.random_keep_rate, t, sample, sample_ids, seed
-                )
-            else:
-                action = tf.zeros_like(prediction)
+            action = context_actions(
+                self.context_mode, prediction, t, policy_logits=policy_logits, sample=sample,
+                sample_ids=sample_ids, seed=seed, random_keep_rate=self.random_keep_rate,
+            )
             context = action * (prediction + 1)
             if cache_features:
                 bias = self.bias_net(bias_x, context, training=training)

@@ -8,7 +8,7 @@ import tensorflow as tf
 from ciss_tf import config, ppm
 from ciss_tf.backbone import DilatedResNet
 from ciss_tf.context_net import ContextNet
-from ciss_tf.model import CissNet, sample_actions
+from ciss_tf.model import CissNet, context_actions, sample_actions
 from ciss_tf.pspnet import PSPNet
 from ciss_tf.segment_net import BaseNet, BiasNet
 
@@ -217,3 +217,27 @@ def test_controls_unrolled_zero_steps_never_touch_the_bias_net(mode):
     # No value of the last state to bootstrap without a Context Net, so nothing of the Bias
     # Net is computed (its first conv over X is the largest in the model).
     assert not net.bias_net.variables
+
+
+def test_context_actions_of_every_mode():
+    prediction = tf.constant([[[3, 1, 2]]])
+    policy = tf.constant([[[[0.0, 1.0], [1.0, 0.0], [50.0, -50.0]]]])
+    cases = {
+        ("learned", False): [1, 0, 0],  # greedy: keep where pi(keep) > pi(ignore)
+        ("pmap", False): [1, 1, 1],
+        ("none", False): [0, 0, 0],
+        ("none", True): [0, 0, 0],
+    }
+    for (mode, sample), expected in cases.items():
+        actions = context_actions(mode, prediction, 0, policy_logits=policy, sample=sample,
+                                  sample_ids=tf.constant([5], tf.int64))
+        np.testing.assert_array_equal(actions.numpy()[0, 0], expected, str((mode, sample)))
+    # Sampled: pi(keep) = sigmoid(+-100) keeps surely or never.
+    sure = tf.constant([[[[-100.0, 100.0], [100.0, -100.0], [-100.0, 100.0]]]])
+    sampled = context_actions("learned", prediction, 1, policy_logits=sure, sample=True,
+                              sample_ids=tf.constant([5], tf.int64), seed=3)
+    np.testing.assert_array_equal(sampled.numpy()[0, 0], [1, 0, 1])
+    # The random gate keeps everything at rate 1.
+    np.testing.assert_array_equal(
+        context_actions("random", prediction, 0, random_keep_rate=1.0).numpy()[0, 0], [1, 1, 1]
+    )
