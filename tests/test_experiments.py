@@ -104,17 +104,32 @@ def no_graph_optimizer():
     )
 
 
-def _fresh_model(stage):
+def _fresh_model(stage, init_checkpoint=None):
     """The model the trainer builds from the parsed flags, at its initial weights."""
     keras.utils.set_random_seed(FLAGS.seed)
     model = config.model_from_flags(datasets.get_dataset_info("synthetic").num_classes, stage)
     model(tf.zeros([1, 48, 48, 3]), **({} if stage == "pspnet" else {"num_steps": 1}))
+    if init_checkpoint:  # as the trainer starts stage 2
+        checkpoints.restore_feature_net(model, init_checkpoint)
+        if FLAGS.base_init == "pspnet":
+            checkpoints.restore_base_net_from_pspnet_head(model, init_checkpoint)
     return model
 
 
+@pytest.fixture(scope="module")
+def stage1_checkpoint(synthetic_records, tmp_path_factory):
+    """A tiny stage-1 PSPNet (one step) that the stage-2 flagfiles start from."""
+    model_dir = tmp_path_factory.mktemp("stage1")
+    with flagsaver.flagsaver():
+        FLAGS(["train", f"--flagfile={ROOT / 'experiments' / 'demo_pspnet.flags'}", *SHRUNK,
+               f"--data_dir={synthetic_records}", f"--model_dir={model_dir}"])
+        train.train()
+    return str(model_dir)
+
+
 @pytest.mark.parametrize("path", FLAGFILES, ids=lambda p: p.stem)
-def test_flagfile_takes_a_training_step(path, synthetic_records, tmp_path, monkeypatch,
-                                       no_graph_optimizer):
+def test_flagfile_takes_a_training_step(path, synthetic_records, stage1_checkpoint, tmp_path,
+                                       monkeypatch, no_graph_optimizer):
     monkeypatch.chdir(ROOT)
     model_dir = tmp_path / "run"
     with flagsaver.flagsaver():
@@ -122,8 +137,10 @@ def test_flagfile_takes_a_training_step(path, synthetic_records, tmp_path, monke
                f"--model_dir={model_dir}"])
         FLAGS.unroll_steps = min(FLAGS.unroll_steps, MAX_TEST_UNROLL)
         stage, steps = FLAGS.stage, FLAGS.unroll_steps
+        init = stage1_checkpoint if stage == "ciss" else None
+        FLAGS.init_checkpoint = init
         terms = train.train()
-        initial = _fresh_model(stage)
+        initial = _fresh_model(stage, init)
     assert np.isfinite(terms["total"])
     reader = tf.train.load_checkpoint(str(model_dir / "ckpt-1"))
     variables = checkpoints.model_variables(initial)
