@@ -202,6 +202,11 @@ def _escape(key):
     return key.replace(".", "..").replace("/", ".S")
 
 
+def stored_name(key):
+    """The name under which a checkpoint stores the `model_variables` entry `key`."""
+    return f"model/{_escape(key)}/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 def step_of(path):
     """The training step encoded in a checkpoint prefix `.../ckpt-<step>`, or 0."""
     suffix = os.path.basename(path).rsplit("-", 1)[-1]

@@ -152,11 +152,8 @@ def test_flagfile_takes_a_training_step(path, synthetic_records, stage1_checkpoi
         keys = [key for key in variables if key.startswith(prefix)]
         assert keys, prefix
         return any(
-            not np.array_equal(
-                reader.get_tensor(
-                    "model/" + key.replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"),
-                variables[key].numpy(),
-            )
+            not np.array_equal(reader.get_tensor(checkpoints.stored_name(key)),
+                               variables[key].numpy())
             for key in keys
         )
 

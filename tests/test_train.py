@@ -121,7 +121,7 @@ def test_two_replicas_equal_one_device(data_dir, tmp_path):
     model = config.build_ciss_net(8, "tiny", "learned", 0.0)
     model(tf.zeros([1, 48, 48, 3]), num_steps=2)
     initial = {
-        "model/" + key.replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE": v.numpy()
+        checkpoints.stored_name(key): v.numpy()
         for key, v in checkpoints.model_variables(model).items()
     }
     feature = [k for k in one if "feature_net" in k]
@@ -204,7 +204,7 @@ def test_base_init_pspnet_copies_the_stage1_head_into_the_base_net(data_dir, tmp
     reader = tf.train.load_checkpoint(str(model_dir / "ckpt-1"))
 
     def stored(key):
-        return reader.get_tensor(f"model/{key.replace('/', '.S')}/.ATTRIBUTES/VARIABLE_VALUE")
+        return reader.get_tensor(checkpoints.stored_name(key))
 
     head = pspnet.head
     np.testing.assert_array_equal(stored("base_net/conv/kernel"), head.conv.kernel.numpy())
