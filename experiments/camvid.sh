@@ -2,8 +2,9 @@
 # The CamVid experiment of experiments/RESULTS.md (issue 19), end to end on a CPU:
 #   bash experiments/camvid.sh [RUNS_DIR]      (default runs/camvid; CamVid in ../shared/camvid)
 # Stage 1 once; stage 2 for every seed of SEEDS (default "0 1 2"): CiSS-Net (camvid), the
-# controls camvid_no_context, camvid_pmap and camvid_random_gate, and camvid_gated for the
-# first seed only, each in $RUNS/<run>_s<seed>. The recipe (steps, T, learning rates, ...)
+# controls camvid_no_context, camvid_pmap and camvid_random_gate; for the first seed only
+# camvid_gated and two studies, camvid_t8 (T = 8) and camvid_fresh (the paper's fresh Base
+# Net); each in $RUNS/<run>_s<seed>. The recipe (steps, T, learning rates, ...)
 # is the flagfiles' alone: this script adds only paths, the seed and the random gate's rate.
 # Every step is skipped when its output exists, so an interrupted run continues (a training
 # cut short resumes from its last checkpoint).
@@ -66,6 +67,8 @@ for seed in $SEEDS; do
   stage2 camvid_random_gate "$seed" --random_keep_rate="$rate"
   [ "$seed" != "$FIRST_SEED" ] || stage2 camvid_gated "$seed"
 done
+stage2 camvid_t8 "$FIRST_SEED"
+stage2 camvid_fresh "$FIRST_SEED"
 
 # Export for TF Serving (the first seed's CiSS-Net, T = 2, images resized by 0.5 inside
 # the graph).

@@ -4,15 +4,15 @@ r"""The CamVid results of issue 19: JSON, tables, targets, gates, served model, 
         [--seeds=0,1,2] [--results_json=experiments/camvid_results.json]
 
 Run by `experiments/camvid.sh` after training, evaluation and export. Reads, in `--runs`,
-`pspnet/eval.json` and, for every stage-2 run of `RUNS` and seed, the folder
-`<run>_s<seed>/` (`<run>` = its flagfile's name): `eval.json` (`ciss_tf.evaluate` at
-t = 0..6), `train_summary.json` (the trainer's wall time) and `model_config.json` (the model
-as it was trained: every model here is built from it, never from flags, so a run's preset,
-norms, context mode or keep rate cannot be mistaken). It measures the gate of the gated
-runs on the val split at the training scale (the share of pixels kept as context at t = 1,
-overall and where the p-map is right / wrong, on the stride-8 grid, as the demo does) and
-scores the exported SavedModel `<runs>/export/<version>/` on the val PNGs through its
-`serving_bytes` signature. It writes:
+`pspnet/eval.json` and, for every stage-2 run of `RUNS` and seed (`STUDIES`: the first
+seed), the folder `<run>_s<seed>/` (`<run>` = its flagfile's name): `eval.json`
+(`ciss_tf.evaluate` at t = 0..6), `train_summary.json` (the trainer's wall time) and
+`model_config.json` (the model as it was trained: every model here is built from it, never
+from flags, so a run's preset, norms, context mode or keep rate cannot be mistaken). It
+measures the gate of the gated runs on the val split at the training scale (the share of
+pixels kept as context at t = 1, overall and where the p-map is right / wrong, on the
+stride-8 grid, as the demo does) and scores the exported SavedModel
+`<runs>/export/<version>/` on the val PNGs through its `serving_bytes` signature. It writes:
 
 - `--results_json`: the numbers in the shape `../shared/CONTRACT.md` gives (mIoU as
   fractions; one entry per seed in the order of `seeds`, `null` for a seed a run does not
@@ -77,7 +77,14 @@ RUNS = (
     Run("gated", "camvid_gated", "Baseline + gated p-map (lambda2 = 0.001)",
         first_seed_only=True, gated=True),
 )
-RUN_BY_KEY = {run.key: run for run in RUNS}
+# Studies of the recipe, first seed only: in the report's tables, not in the JSON.
+STUDIES = (
+    Run("t8", "camvid_t8", "CiSS-Net, T = 8", first_seed_only=True, gated=True),
+    Run("fresh", "camvid_fresh", "CiSS-Net, fresh Base Net (the paper's init)",
+        first_seed_only=True, gated=True),
+)
+ALL_RUNS = RUNS + STUDIES
+RUN_BY_KEY = {run.key: run for run in ALL_RUNS}
 
 
 def run_dir(runs, run, seed):
@@ -101,7 +108,7 @@ def collect_scores(runs, seeds):
             if seed in run.seeds(seeds) else None
             for seed in seeds
         ]
-        for run in RUNS
+        for run in ALL_RUNS
     }
 
 
@@ -119,8 +126,8 @@ def results_json(pspnet_steps, scores, seeds, recipe):
     """
     def miou(step):
         return {
-            key: [None if s is None else s[step]["miou"] for s in per_seed]
-            for key, per_seed in scores.items()
+            run.key: [None if s is None else s[step]["miou"] for s in scores[run.key]]
+            for run in RUNS
         }
 
     return {
@@ -227,7 +234,7 @@ def score_tables(results, scores, info, pspnet_iou):
     lines += ["", "## mIoU at every step t (%, mean ± std over seeds)", "",
               "| method | " + " | ".join(f"t = {t}" for t in EVAL_STEPS) + " |",
               "|---|" + "---|" * len(EVAL_STEPS)]
-    for run in RUNS:
+    for run in ALL_RUNS:
         cells = [
             _mean_pm_std([None if s is None else 100 * s[str(t)]["miou"]
                           for s in scores[run.key]])
@@ -268,7 +275,8 @@ def wall_time_table(runs, seeds):
     lines = ["", "## Wall time of training (summed over resumed sessions)", "",
              "| run | seed | steps | wall time |", "|---|---|---|---|"]
     folders = [("Stage 1 PSPNet", "-", os.path.join(runs, "pspnet"))] + [
-        (run.label, seed, run_dir(runs, run, seed)) for run in RUNS for seed in run.seeds(seeds)
+        (run.label, seed, run_dir(runs, run, seed))
+        for run in ALL_RUNS for seed in run.seeds(seeds)
     ]
     for label, seed, folder in folders:
         summary = train.read_summary(folder) or {}
@@ -304,7 +312,7 @@ def gate_table(runs, seeds, info):
              "| run | seed | keep rate | kept | kept where p-map right | where wrong |",
              "|---|---|---|---|---|---|"]
     figure_unroll = None
-    for run in RUNS:
+    for run in ALL_RUNS:
         if not run.gated:
             continue
         for seed in run.seeds(seeds):
