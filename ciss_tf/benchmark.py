@@ -37,7 +37,7 @@ What is measured
   matrix products, not the tile transforms (additions inside XLA-compiled calls, which the
   profiler does not enter); its rate against the reference conv is therefore taken with
   the FLOPs of the same computation by direct convs (the `fast` graph's).
-* **Training**: the real `train.Trainer` step (SGD, Eq. 7 or PSPNet's loss, weight decay)
+* **Training**: the real `training.trainer.Trainer` step (SGD, Eq. 7 or PSPNet's loss, weight decay)
   on one fixed in-memory batch (`--train_batch`, crop = the image size, T =
   `--unroll_steps`), stage 1 (PSPNet) and stage 2 (CiSS-Net), each in its own subprocess:
   images per second over `--train_repeats` steps after one warm-up step, and the peak
@@ -78,6 +78,8 @@ from absl import app, flags, logging
 from ciss_tf import cli, config, train
 from ciss_tf.data import datasets, input_pipeline, synthetic, tfrecord
 from ciss_tf.fast_inference import FastCissNet
+from ciss_tf.training import tasks
+from ciss_tf.training import trainer as training_trainer
 
 FLAGS = flags.FLAGS
 # Benchmark preset -> (network preset, dataset that sets the classes, image side).
@@ -303,9 +305,10 @@ def _train_probe():
         keras.mixed_precision.set_global_policy(FLAGS.mixed_precision)
     keras.utils.set_random_seed(0)
     info = datasets.get_dataset_info(FLAGS.dataset)
-    trainer = train.Trainer(tf.distribute.get_strategy(), info)
+    task = tasks.make_task(train.config_from_flags(), info)
+    trainer = training_trainer.Trainer(tf.distribute.get_strategy(), task)
     rss_built = peak_rss_bytes()
-    height, width = trainer.crop
+    height, width = trainer.cfg.data.crop_size
     batch_size = trainer.global_batch
     batch = {
         "image": tf.random.stateless_normal([batch_size, height, width, 3], seed=[1, 0]) * 50.0,

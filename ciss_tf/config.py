@@ -1,4 +1,4 @@
-"""Model presets and the flags that choose them, shared by every tool.
+"""Model presets and `ModelConfig`: which network a run trains, evaluates or serves.
 
 A preset fixes the shape of the network; the dataset fixes the number of classes. The
 paper presets match SPEC.md: dilated ResNet-50 (ADE20K, Pascal Context) or ResNet-101
@@ -10,7 +10,7 @@ sized to train from scratch on CamVid on a CPU in about an hour.
 
 import dataclasses
 
-from absl import flags
+import tensorflow as tf
 
 from ciss_tf.backbone import STEMS
 from ciss_tf.model import CONTEXT_MODES, CissNet
@@ -48,38 +48,6 @@ PRESETS = {
     "tiny": Preset((1, 1, 1, 1), 8, (8, 8, 16), 16, 32, 16, 16),
 }
 
-flags.DEFINE_enum("preset", "resnet50", list(PRESETS), "Network size (see ciss_tf/config.py).")
-flags.DEFINE_enum(
-    "context_mode", "learned", list(CONTEXT_MODES),
-    "learned: CiSS-Net; pmap: every action 1 (Baseline + p-map); none: all-uncertain context "
-    "(capacity-matched control); random: every action Bernoulli(--random_keep_rate), in "
-    "training and evaluation (a gate that keeps context without choosing where).",
-)
-flags.DEFINE_float(
-    "random_keep_rate", None,
-    "--context_mode=random: share of pixels kept as context, in (0, 1] (e.g. the share "
-    "CiSS-Net's sampled gate keeps at the end of its training).",
-)
-flags.DEFINE_enum(
-    "stem", "deep", list(STEMS),
-    "Backbone stem: deep (three 3x3 convs, PSPNet, SPEC.md) or resnet (one 7x7 conv, needed "
-    "to start from Keras ImageNet ResNet weights). Both stages must use the same stem.",
-)
-flags.DEFINE_enum(
-    "context_encoder_norm", "group", ["group", "batch"],
-    "Normalisation of the Context Net's p-map pyramid branches: group (the paper: GroupNorm "
-    "in every head layer) or batch (the authors' code). A checkpoint is read with the value "
-    "it was trained with.",
-)
-flags.DEFINE_float("dropout", 0.1, "Dropout rate of the heads.")
-flags.DEFINE_string(
-    "dataset", "synthetic",
-    "Dataset name (cityscapes, ade20k, pascal_context, camvid, synthetic): sets the classes, "
-    "their names and palette.",
-)
-flags.DEFINE_string("data_dir", None, "Folder of TFRecord shards written by data_prep.")
-
-
 def build_pspnet(num_classes, preset, dropout=0.1, stem="deep"):
     """The stage-1 PSPNet of a preset."""
     preset = PRESETS[preset]
@@ -102,21 +70,58 @@ def build_ciss_net(num_classes, preset, context_mode="learned", dropout=0.1, ste
     )
 
 
-def model_from_flags(num_classes, stage="ciss"):
-    """The model the command-line flags describe (`stage` is "pspnet" or "ciss").
+STAGES = ("pspnet", "ciss")
+CONTEXT_ENCODER_NORMS = ("group", "batch")
 
-    Raises:
-      ValueError: `--context_mode=random` without a `--random_keep_rate` in (0, 1].
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The network of a run: the stage-1 PSPNet or the stage-2 CiSS-Net of a preset.
+
+    Attributes:
+      stage: "pspnet" (stage 1) or "ciss" (stage 2).
+      preset: a key of `PRESETS`.
+      context_mode: CiSS-Net's gate (`model.CONTEXT_MODES`).
+      random_keep_rate: keep rate of `context_mode="random"`, in (0, 1].
+      stem: backbone stem (`backbone.STEMS`).
+      context_encoder_norm: "group" or "batch" (the Context Net's p-map pyramid branches).
+      dropout: dropout rate of the heads.
     """
-    flag_values = flags.FLAGS
-    if stage == "pspnet":
-        return build_pspnet(
-            num_classes, flag_values.preset, flag_values.dropout, flag_values.stem
-        )
-    rate = flag_values.random_keep_rate
-    if flag_values.context_mode == "random" and not (rate is not None and 0 < rate <= 1):
-        raise ValueError(f"--random_keep_rate={rate}: --context_mode=random needs it in (0, 1]")
-    return build_ciss_net(
-        num_classes, flag_values.preset, flag_values.context_mode, flag_values.dropout,
-        flag_values.stem, flag_values.context_encoder_norm, rate,
+
+    stage: str = "ciss"
+    preset: str = "resnet50"
+    context_mode: str = "learned"
+    random_keep_rate: float | None = None
+    stem: str = "deep"
+    context_encoder_norm: str = "group"
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        choices = {"stage": STAGES, "preset": tuple(PRESETS), "context_mode": CONTEXT_MODES,
+                   "stem": tuple(STEMS), "context_encoder_norm": CONTEXT_ENCODER_NORMS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name}={getattr(self, name)}: not one of {allowed}")
+        rate = self.random_keep_rate
+        if self.context_mode == "random" and not (rate is not None and 0 < rate <= 1):
+            raise ValueError(
+                f"--random_keep_rate={rate}: --context_mode=random needs it in (0, 1]"
+            )
+
+
+def build_model(cfg, num_classes, image_size=(32, 32)):
+    """The model of `cfg` with every variable created (one call on zeros of `image_size`).
+
+    CiSS-Net runs one step, so the Bias Net and the Context Net exist even for a run that
+    trains none (T = 0) and a checkpoint restores into every variable.
+    """
+    if cfg.stage == "pspnet":
+        model = build_pspnet(num_classes, cfg.preset, cfg.dropout, cfg.stem)
+        model(tf.zeros((1, *image_size, 3)), training=False)
+        return model
+    model = build_ciss_net(
+        num_classes, cfg.preset, cfg.context_mode, cfg.dropout, cfg.stem,
+        cfg.context_encoder_norm, cfg.random_keep_rate,
     )
+    model(tf.zeros((1, *image_size, 3)), training=False, num_steps=1)
+    return model

@@ -16,25 +16,19 @@ settings. On Cityscapes, `--cityscapes_results_dir` also writes label-id PNGs of
 `--cityscapes_step` and, with `--cityscapes_gt_dir`, scores them with the official script
 (the JSON gains `cityscapes`).
 
-`evaluate_model` is the in-process entry point (the trainer and the demo call it). Importing
-this module defines no flags (`run` does): the trainer imports it, and training has its own
-`--crop_size` and `--seed`.
+The flags become an `evaluation.evaluator.EvalConfig` run by `evaluator.run_evaluation`;
+`evaluator.evaluate_model` is the in-process entry point (the trainer and the demo call it).
+Importing this module defines no flags (`run` does): training has its own `--crop_size` and
+`--seed`.
 """
 
-import json
 import math
-import os
-import sys
-import time
 
-import numpy as np
-import tensorflow as tf
-from absl import flags, logging
+from absl import flags
 
-from ciss_tf import cityscapes_eval, inference, metrics
-from ciss_tf.data import datasets, input_pipeline, tfrecord
+from ciss_tf import command_flags, inference
+from ciss_tf.evaluation import evaluator
 
-DEFAULT_EVAL_STEPS = (0, 2, 4, 6)
 FLAGS = flags.FLAGS
 
 
@@ -47,11 +41,13 @@ def define_flags():
     )
     flags.DEFINE_string("split", None, "Split to evaluate (default: the dataset's eval split).")
     flags.DEFINE_list(
-        "eval_steps", [str(t) for t in DEFAULT_EVAL_STEPS], "Steps t to score, e.g. 0,2,4,6."
+        "eval_steps", [str(t) for t in evaluator.DEFAULT_EVAL_STEPS],
+        "Steps t to score, e.g. 0,2,4,6."
     )
     flags.DEFINE_string("output_json", None, "Write the scores here as JSON.")
     flags.DEFINE_list(
-        "eval_scales", ["1.0"], "Image scales averaged (PSPNet: 0.5,0.75,1.0,1.25,1.5,1.75)."
+        "eval_scales", None,
+        "Image scales averaged (PSPNet: 0.5,0.75,1.0,1.25,1.5,1.75); default --input_scale.",
     )
     flags.DEFINE_bool("eval_flip", False, "Also average the mirrored image's probabilities.")
     flags.DEFINE_list(
@@ -77,123 +73,6 @@ def define_flags():
     flags.DEFINE_integer(
         "cityscapes_step", 2, "Step whose predictions are written (one of --eval_steps)."
     )
-
-
-def evaluate_model(model, dataset, *, num_classes, eval_steps=DEFAULT_EVAL_STEPS,
-                   ignore_label=datasets.IGNORE_LABEL, scales=(1.0,), flip=False,
-                   crop_size=None, policy="greedy", seed=0, on_prediction=None,
-                   progress=False):
-    """Scores a model on a dataset at several unrolled steps.
-
-    Args:
-      model: a `CissNet` (or a `PSPNet` with `eval_steps=(0,)`).
-      dataset: batches of `image` (normalised) `[B, H, W, 3]` and `label` `[B, H, W]`, and
-        `filename` `[B]` if `on_prediction` is given (`input_pipeline.eval_dataset`).
-      num_classes: Nc.
-      eval_steps: steps t to score.
-      ignore_label: label of pixels left out of the scores.
-      scales: image scales averaged (see `inference.Segmenter`).
-      flip: also average the mirrored image.
-      crop_size: sliding-window `(height, width)`, or None for whole images.
-      policy: "greedy" or "sample".
-      seed: seed of the sampled actions (keyed by the image's index in `dataset`).
-      on_prediction: optional `fn(filename, {t: int32 [H, W] class ids})`, called per image.
-      progress: show a progress bar on stderr.
-
-    Returns:
-      `{"steps": {"<t>": scores}, "num_images": n}`, with `scores` the dict of
-      `metrics.segmentation_scores` (`miou`, `pixel_accuracy`, `iou`, ...).
-
-    Raises:
-      ValueError: bad settings, or `dataset` is empty.
-    """
-    steps = tuple(eval_steps)
-    segmenter = inference.Segmenter(
-        model, steps, scales=scales, flip=flip, crop_size=crop_size, policy=policy, seed=seed
-    )
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([None, None, None], tf.int32),
-        tf.TensorSpec([len(steps), None, None, None], tf.int32),
-    ])
-    def confusions(labels, predictions):
-        return tf.map_fn(
-            lambda p: metrics.confusion_matrix_tf(labels, p, num_classes, ignore_label),
-            predictions, fn_output_signature=tf.int64,
-        )
-
-    total = int(dataset.cardinality())
-    bar = _ProgressBar(total if total >= 0 else None) if progress else None
-    confusion = np.zeros([len(steps), num_classes, num_classes], np.int64)
-    count = 0
-    for batch in dataset:
-        batch_size = int(batch["label"].shape[0])
-        sample_ids = tf.range(count, count + batch_size, dtype=tf.int64)
-        predictions = segmenter.labels(batch["image"], sample_ids)
-        confusion += confusions(tf.cast(batch["label"], tf.int32), predictions).numpy()
-        if on_prediction is not None:
-            predictions = predictions.numpy()
-            for i, filename in enumerate(batch["filename"].numpy()):
-                on_prediction(
-                    os.fsdecode(filename), {t: predictions[s, i] for s, t in enumerate(steps)}
-                )
-        count += batch_size
-        if bar is not None:
-            bar.update(count)
-    if bar is not None:
-        bar.close()
-    if count == 0:
-        raise ValueError("no images to evaluate")
-    return {
-        "steps": {
-            str(t): metrics.segmentation_scores(confusion[s]) for s, t in enumerate(steps)
-        },
-        "num_images": count,
-    }
-
-
-def cityscapes_writer(results_dir, step):
-    """An `on_prediction` callback writing step `step` as official Cityscapes label-id PNGs."""
-    def write(filename, labels_by_step):
-        label_ids = cityscapes_eval.train_ids_to_label_ids(labels_by_step[step])
-        cityscapes_eval.write_prediction(results_dir, filename, label_ids)
-
-    return write
-
-
-class _ProgressBar:
-    """A one-line text bar on stderr: redrawn in place on a terminal, else every 10 s."""
-
-    def __init__(self, total, stream=None, interval=10.0):
-        self.total = total
-        self.stream = stream or sys.stderr
-        self.interactive = self.stream.isatty()
-        self.interval = interval
-        self.started = self.last = time.monotonic()
-        self.count = 0
-
-    def update(self, count, force=False):
-        self.count = count
-        now = time.monotonic()
-        if not (force or self.interactive or now - self.last >= self.interval):
-            return
-        self.last = now
-        rate = count / max(now - self.started, 1e-9)
-        if self.total:
-            filled = int(30 * count / self.total)
-            eta = (self.total - count) / max(rate, 1e-9)
-            text = (f"[{'#' * filled}{'.' * (30 - filled)}] {count}/{self.total} images  "
-                    f"{rate:.2f} img/s  eta {int(eta) // 60}:{int(eta) % 60:02d}")
-        else:
-            text = f"{count} images  {rate:.2f} img/s"
-        self.stream.write(("\r" if self.interactive else "") + text
-                          + ("" if self.interactive else "\n"))
-        self.stream.flush()
-
-    def close(self):
-        self.update(self.count, force=True)
-        if self.interactive:
-            self.stream.write("\n")
 
 
 def _parse_steps(values):
@@ -231,144 +110,34 @@ def _parse_crop_size(values):
     return (sizes[0], sizes[-1])
 
 
-def _format_table(results, class_names):
-    """Per-class IoU (%) for each step, then mIoU and pixel accuracy."""
-    steps = list(results["steps"])
-    width = max(12, *(len(n) for n in class_names))
-    lines = [f"{'class':<{width}}" + "".join(f"{'t=' + t:>9}" for t in steps)]
-
-    def row(name, values):
-        cells = "".join(f"{'-' if math.isnan(v) else f'{100 * v:.2f}':>9}" for v in values)
-        return f"{name:<{width}}{cells}"
-
-    for c, name in enumerate(class_names):
-        lines.append(row(name, [results["steps"][t]["iou"][c] for t in steps]))
-    lines.append(row("mIoU", [results["steps"][t]["miou"] for t in steps]))
-    lines.append(row("pixel acc.", [results["steps"][t]["pixel_accuracy"] for t in steps]))
-    return "\n".join(lines)
-
-
-def _json_ready(value):
-    """NaN -> None (JSON has no NaN), NumPy scalars -> Python, recursively."""
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return None if math.isnan(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _write_json(path, report):
-    """Writes `report` to `path` via a temporary file, so a failed run leaves no partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as f:
-        json.dump(_json_ready(report), f, indent=2, allow_nan=False)
-        f.write("\n")
-    os.replace(temporary, path)
-
-
-def _refuse_earlier_predictions(results_dir):
-    """Raises ValueError if `results_dir` already holds PNGs.
-
-    The official evaluation scores whatever PNG under the folder matches each ground-truth
-    file, so predictions left from an earlier run would be scored as this run's.
-    """
-    for folder, _, names in os.walk(results_dir):
-        for name in sorted(names):
-            if name.endswith(".png"):
-                raise ValueError(
-                    f"--cityscapes_results_dir {results_dir} already holds prediction PNGs "
-                    f"(e.g. {os.path.join(folder, name)}); give an empty or new folder"
-                )
-
-
-def evaluate_from_flags():
-    """Runs the evaluation the flags describe; returns the report written as JSON."""
+def config_from_flags():
+    """The `EvalConfig` the parsed flags give (one error naming the flag if they do not)."""
     steps = _parse_steps(FLAGS.eval_steps)
     if FLAGS.stage == "pspnet":
         if FLAGS["eval_steps"].present and steps != (0,):
             raise ValueError(f"--stage=pspnet has step 0 only; got --eval_steps={steps}")
         steps = (0,)
-    scales = _parse_scales(FLAGS.eval_scales)
+    scales = _parse_scales(FLAGS.eval_scales or [FLAGS.input_scale])
     crop_size = _parse_crop_size(FLAGS.crop_size)
     if not FLAGS.checkpoint:
         raise ValueError("--checkpoint is required")
     if not FLAGS.data_dir:
         raise ValueError("--data_dir is required (TFRecords written by data_prep)")
-    inference.check_local_output(FLAGS.output_json, "--output_json")
-    inference.check_local_output(FLAGS.cityscapes_results_dir, "--cityscapes_results_dir")
-    info = datasets.get_dataset_info(FLAGS.dataset)
-    results_dir, gt_dir = FLAGS.cityscapes_results_dir, FLAGS.cityscapes_gt_dir
-    if (results_dir or gt_dir) and info.name != "cityscapes":
-        raise ValueError("--cityscapes_results_dir/--cityscapes_gt_dir need --dataset=cityscapes")
-    if gt_dir and not results_dir:
-        raise ValueError("--cityscapes_gt_dir needs --cityscapes_results_dir")
-    if gt_dir and not os.path.isdir(gt_dir):
-        raise ValueError(f"--cityscapes_gt_dir {gt_dir} is not a directory")
-    if results_dir and FLAGS.cityscapes_step not in steps:
-        raise ValueError(
-            f"--cityscapes_step={FLAGS.cityscapes_step} is not one of --eval_steps={steps}"
-        )
-    if results_dir:
-        _refuse_earlier_predictions(results_dir)
-    split = FLAGS.split or info.eval_split
-    pattern = input_pipeline.split_file_pattern(FLAGS.data_dir, split)
-    _, counts = tfrecord.check_shards(pattern)
-    num_images = sum(counts)
-    if FLAGS.max_eval_images > 0:
-        num_images = min(num_images, FLAGS.max_eval_images)
-    model, checkpoint = inference.load_model(info.num_classes, FLAGS.checkpoint, FLAGS.stage)
-    logging.info("Evaluating %s on %d %s images at steps %s", checkpoint, num_images, split,
-                 list(steps))
-    dataset = input_pipeline.eval_dataset(
-        pattern, num_classes=info.num_classes, ignore_label=info.ignore_label
-    ).take(num_images).apply(tf.data.experimental.assert_cardinality(num_images))
-    results = evaluate_model(
-        model, dataset, num_classes=info.num_classes, eval_steps=steps,
-        ignore_label=info.ignore_label, scales=scales, flip=FLAGS.eval_flip,
-        crop_size=crop_size, policy=FLAGS.eval_policy, seed=FLAGS.seed,
-        on_prediction=cityscapes_writer(results_dir, FLAGS.cityscapes_step) if results_dir
-        else None,
-        progress=True,
+    return evaluator.EvalConfig(
+        model=command_flags.model_config(FLAGS.stage), checkpoint=FLAGS.checkpoint,
+        data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, split=FLAGS.split, eval_steps=steps,
+        scales=scales, flip=FLAGS.eval_flip, crop_size=crop_size, policy=FLAGS.eval_policy,
+        seed=FLAGS.seed, max_images=FLAGS.max_eval_images, output_json=FLAGS.output_json,
+        cityscapes_results_dir=FLAGS.cityscapes_results_dir,
+        cityscapes_gt_dir=FLAGS.cityscapes_gt_dir, cityscapes_step=FLAGS.cityscapes_step,
     )
-    report = {
-        "steps": results["steps"],
-        "checkpoint": checkpoint,
-        "dataset": info.name,
-        "split": split,
-        "num_images": results["num_images"],
-        "class_names": list(info.class_names),
-        "eval_scales": list(scales),
-        "eval_flip": FLAGS.eval_flip,
-        "crop_size": list(crop_size) if crop_size else None,
-        "eval_policy": FLAGS.eval_policy,
-        "stage": FLAGS.stage,
-    }
-    print(_format_table(results, info.class_names))
-    if gt_dir:
-        official = cityscapes_eval.run_official_evaluation(results_dir, gt_dir)
-        report["cityscapes"] = {"step": FLAGS.cityscapes_step, **official}
-        ours = results["steps"][str(FLAGS.cityscapes_step)]["miou"]
-        print(
-            f"Cityscapes t={FLAGS.cityscapes_step}: official IoU class "
-            f"{official['iou_class']:.4f}, iIoU class {official['iiou_class']:.4f}, IoU "
-            f"category {official['iou_category']:.4f}, iIoU category "
-            f"{official['iiou_category']:.4f}; ours mIoU {ours:.4f}"
-        )
-    if FLAGS.output_json:
-        _write_json(FLAGS.output_json, report)
-        logging.info("Wrote %s", FLAGS.output_json)
-    return report
 
 
 def run():
     """Console entry point."""
-    inference.run_tool(define_flags, evaluate_from_flags)
+    command_flags.run_tool(
+        define_flags, lambda: evaluator.run_evaluation(config_from_flags())
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ Conversions:
   res3 reproduce the Keras activations exactly.
 * Input: Keras ResNet v1 expects caffe-style input (`imagenet_utils.preprocess_input` mode
   "caffe": BGR, ImageNet means subtracted, no scaling), which is exactly our
-  `ciss_tf.data.input_pipeline.normalize_image`; no change of input pipeline is needed.
+  `ciss_tf.data.preprocessing.normalize_image`; no change of input pipeline is needed.
 """
 
 import os

@@ -49,7 +49,7 @@ Conversions:
 * A bias on a conv that feeds a batch norm is folded into the norm's mean
   (`imagenet.fold_conv_bias`); the official models have none.
 * Input: PSPNet's first conv sees BGR minus the ImageNet means, which is exactly what
-  `input_pipeline.normalize_image` feeds our model, so its input channels stay as they are.
+  `preprocessing.normalize_image` feeds our model, so its input channels stay as they are.
 
 The backbone matches Caffe's PSPNet where it matters for these weights: 3x3 convs padded
 symmetrically by their dilation, BN epsilon 1e-5, the PPM concatenated in the order res5,
@@ -75,7 +75,7 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from ciss_tf import caffe, checkpoints, config, imagenet, inference
+from ciss_tf import caffe, checkpoints, command_flags, config, imagenet
 from ciss_tf.data import datasets
 
 FLAGS = flags.FLAGS
@@ -442,7 +442,7 @@ def import_from_flags():
         )
     info = datasets.get_dataset_info(FLAGS.dataset)
     weights, stride_on = read_weights(FLAGS.weights)
-    model = config.model_from_flags(info.num_classes, "pspnet")
+    model = config.build_model(command_flags.model_config("pspnet"), info.num_classes)
     report = import_weights(model, weights, FLAGS.weights, stride_on)
     parent = os.path.dirname(FLAGS.output)
     if parent:
@@ -455,7 +455,7 @@ def import_from_flags():
 
 def run():
     """Console entry point."""
-    inference.run_tool(define_flags, import_from_flags)
+    command_flags.run_tool(define_flags, import_from_flags)
 
 
 if __name__ == "__main__":

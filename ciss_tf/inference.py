@@ -27,15 +27,14 @@ the flags parser that lets them read an experiment's flagfile (which also holds 
 flags), and the check that their outputs are local paths.
 """
 
-import itertools
 import math
-import sys
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
 
-from ciss_tf import checkpoints, cli, config, ops
+from ciss_tf import checkpoints, config, ops
+from ciss_tf.data import preprocessing
+from ciss_tf.fast_inference import FastCissNet
 from ciss_tf.model import CissNet
 
 POLICIES = ("greedy", "sample")
@@ -48,7 +47,7 @@ def unroll(model, images, num_steps, *, sample=False, sample_ids=None, seed=0):
     """Runs a CiSS-Net for `num_steps` steps, or a PSPNet (step 0 only).
 
     Args:
-      model: a `CissNet` or a `PSPNet`.
+      model: a `CissNet`, a `PSPNet` or a `fast_inference.FastCissNet` (greedy).
       images: normalised images, float32 `[B, H, W, 3]`.
       num_steps: T.
       sample: sample the actions instead of taking the greedy one.
@@ -67,11 +66,71 @@ def unroll(model, images, num_steps, *, sample=False, sample_ids=None, seed=0):
             seed=seed, bootstrap=False,
         )
         return tf.cast(outputs["logits"], tf.float32), outputs["context"]
+    if isinstance(model, FastCissNet):
+        if sample:
+            raise ValueError("a FastCissNet takes greedy actions only")
+        outputs = model(images, num_steps=num_steps)
+        return outputs["logits"], outputs["context"]
     if num_steps:
         raise ValueError(f"a {type(model).__name__} has step 0 only, asked for {num_steps} steps")
     logits = tf.cast(model(images, training=False)["logits"], tf.float32)
     shape = tf.concat([[0], tf.shape(logits)[:3]], axis=0)
     return logits[tf.newaxis], tf.zeros(shape, tf.int32)
+
+
+def segment(model, images, num_steps, *, size=None, label_steps=None, context_steps=None,
+            probabilities=False, sample=False, sample_ids=None, seed=0):
+    """The inference path of every tool: unroll, resize back (corners aligned), argmax.
+
+    Evaluation, prediction, the SavedModel, the demo and the TensorBoard panel all go
+    through here, so their labels are the same for the same logits.
+
+    Args:
+      model: a `CissNet`, a `PSPNet` (T = 0 only) or a `fast_inference.FastCissNet`.
+      images: normalised images, float32 `[B, h', w', 3]`, at the network's input scale.
+      num_steps: T.
+      size: `(H, W)` of the outputs (default: the images' size).
+      label_steps: the steps t whose labels are returned (default 0..T).
+      context_steps: the steps t < T whose context maps K_t are returned (default all).
+      probabilities: also return the class probabilities of the last of `label_steps`.
+      sample, sample_ids, seed: sampled actions instead of greedy ones (see `unroll`).
+
+    Returns:
+      A dict: `labels` int32 `[len(label_steps), B, H, W]`; `context` int32
+      `[len(context_steps), B, H, W]` (nearest on the logits' grid, 0 = uncertain);
+      `small_logits` float32 `[T+1, B, h, w, Nc]` and `small_context` int32 `[T, B, h, w]`
+      at stride 8; `probabilities` float32 `[B, H, W, Nc]` when asked.
+    """
+    if size is None:
+        size = ops.spatial_size(images)
+    label_steps = range(num_steps + 1) if label_steps is None else label_steps
+    context_steps = range(num_steps) if context_steps is None else context_steps
+    logits, context = unroll(
+        model, images, num_steps, sample=sample, sample_ids=sample_ids, seed=seed
+    )
+    upsampled = {t: upsample_logits(logits[t], size) for t in label_steps}
+    outputs = {
+        "labels": _stack_steps(
+            [tf.argmax(upsampled[t], -1, output_type=tf.int32) for t in label_steps],
+            [0, tf.shape(images)[0], *size],
+        ),
+        "context": _stack_steps(
+            [upsample_context(context[t], size) for t in context_steps],
+            [0, tf.shape(images)[0], *size],
+        ),
+        "small_logits": logits,
+        "small_context": context,
+    }
+    if probabilities:
+        outputs["probabilities"] = tf.nn.softmax(upsampled[list(label_steps)[-1]])
+    return outputs
+
+
+def _stack_steps(tensors, empty_shape):
+    """`tf.stack(tensors)`, or int32 zeros of `empty_shape` when there is none."""
+    if tensors:
+        return tf.stack(tensors)
+    return tf.zeros(tf.stack(empty_shape), tf.int32)
 
 
 def upsample_logits(logits, size):
@@ -82,33 +141,6 @@ def upsample_logits(logits, size):
 def upsample_context(context, size):
     """Context maps `[B, h, w]` to `size` (nearest neighbour on the logits' grid)."""
     return ops.resize_labels(context, size)
-
-
-def scaled_size(size, scale):
-    """`(height, width)` times `scale`, rounded half up, at least 1 pixel."""
-    return tuple(max(1, math.floor(s * scale + 0.5)) for s in size)
-
-
-def rescale_images(images, scale):
-    """`images` `[B, H, W, C]` resized by `scale` (sizes as `scaled_size`; any shape)."""
-    if scale == 1.0:
-        return images
-    size = tf.cast(tf.shape(images)[1:3], tf.float64)
-    scaled = tf.maximum(tf.cast(tf.floor(size * scale + 0.5), tf.int32), 1)
-    return ops.resize_bilinear(images, tf.unstack(scaled))
-
-
-def define_input_scale_flag():
-    """`--input_scale` of the tools that run whole images (predict, export)."""
-    flags.DEFINE_float(
-        "input_scale", 1.0,
-        "Resize each image by this factor before the network and the outputs back to the "
-        "image size: the scale the model was trained at (e.g. 0.5 for the CamVid flagfiles).",
-    )
-    flags.register_validator(
-        "input_scale", lambda value: math.isfinite(value) and value > 0,
-        message="--input_scale must be a positive number",
-    )
 
 
 def sliding_windows(size, crop_size, stride_rate=STRIDE_RATE):
@@ -201,13 +233,11 @@ class Segmenter:
         return tf.gather(logits, self.steps)
 
     def _whole_image_labels_fn(self, images, sample_ids):
-        size = tf.unstack(tf.shape(images)[1:3])
-        logits = self._step_logits_fn(images, sample_ids)
         # argmax of the logits is that of the probabilities: no softmax over the full image.
-        return tf.stack([
-            tf.argmax(upsample_logits(logits[s], size), axis=-1, output_type=tf.int32)
-            for s in range(len(self.steps))
-        ])
+        return segment(
+            self.model, images, max(self.steps), label_steps=self.steps, context_steps=(),
+            sample=self.sample, sample_ids=sample_ids, seed=self.seed,
+        )["labels"]
 
     def labels(self, images, sample_ids=None):
         """Class ids `[S, B, H, W]` int32 of the requested steps, at the input size.
@@ -268,7 +298,7 @@ class Segmenter:
 
     def _scaled_images(self, images, size):
         for scale in self.scales:
-            scale_size = scaled_size(size, scale)
+            scale_size = tuple(int(v) for v in preprocessing.scaled_size(size, scale))
             yield scale_size, (
                 images if scale_size == size else ops.resize_bilinear(images, scale_size)
             )
@@ -307,13 +337,13 @@ def _inputs(images, sample_ids):
     return images, tf.cast(sample_ids, tf.int64)
 
 
-def load_model(num_classes, checkpoint, stage="ciss"):
-    """The model the flags describe (`config.model_from_flags`), restored from a checkpoint.
+def load_model(model_config, num_classes, checkpoint):
+    """The model of a `config.ModelConfig`, restored from a checkpoint.
 
     Args:
+      model_config: the `config.ModelConfig` the checkpoint was trained with.
       num_classes: classes of the dataset.
       checkpoint: checkpoint prefix or folder (its latest checkpoint).
-      stage: "ciss" or "pspnet".
 
     Returns:
       (model, checkpoint prefix read).
@@ -323,7 +353,8 @@ def load_model(num_classes, checkpoint, stage="ciss"):
         (the message names the checkpoint).
     """
     path = checkpoints.resolve(checkpoint)
-    return _restored(config.model_from_flags(num_classes, stage), path), path
+    model = config.build_model(model_config, num_classes, (_BUILD_SIZE, _BUILD_SIZE))
+    return _restored(model, path), path
 
 
 def load_run(run_dir):
@@ -343,14 +374,15 @@ def load_run(run_dir):
       ValueError: no config or checkpoint there, or they do not fit each other.
     """
     path = checkpoints.resolve(run_dir)
-    return _restored(checkpoints.model_from_config(run_dir), path), path
+    model = checkpoints.model_from_config(run_dir)
+    # One step creates every variable (Bias Net and Context Net included).
+    dummy = tf.zeros([1, _BUILD_SIZE, _BUILD_SIZE, 3])
+    model(dummy, training=False, **({"num_steps": 1} if isinstance(model, CissNet) else {}))
+    return _restored(model, path), path
 
 
 def _restored(model, path):
-    """`model` built and restored from the checkpoint prefix `path`."""
-    dummy = tf.zeros([1, _BUILD_SIZE, _BUILD_SIZE, 3])
-    # One step creates every variable (Bias Net and Context Net included).
-    model(dummy, training=False, **({"num_steps": 1} if isinstance(model, CissNet) else {}))
+    """The built `model` restored from the checkpoint prefix `path`."""
     try:
         checkpoints.restore_model(model, path)
     except tf.errors.OpError as error:
@@ -372,68 +404,3 @@ def check_local_output(path, flag):
             f"{flag}={path}: outputs are written to local paths only (committed by a local "
             "rename); write locally, then copy (e.g. gsutil -m cp -r)"
         )
-
-
-def parse_flags(argv):
-    """Flags parser of the inference tools: skips foreign flags in flagfiles.
-
-    The tools read an experiment's flagfile (`--flagfile=FILE` or `--flagfile FILE`), which
-    also holds training flags; those are dropped (flags given on the command line itself
-    must all be known). Pass it to `app.run(main, flags_parser=parse_flags)`.
-
-    Args:
-      argv: the full command line, program name first.
-
-    Returns:
-      The arguments left after parsing, program name first.
-    """
-    flag_values = flags.FLAGS
-    kept = []
-    args = iter(argv[1:])
-    try:
-        for arg in args:
-            name = arg.lstrip("-")
-            if name.startswith("flagfile="):
-                directive = [arg]
-            elif name == "flagfile":
-                # `--flagfile FILE`: absl takes the next argument as the file.
-                directive = [arg, *itertools.islice(args, 1)]
-            else:
-                kept.append(arg)
-                continue
-            expanded = flag_values.read_flags_from_files(directive, force_gnu=False)
-            kept.extend(a for a in expanded if _is_defined(a, flag_values))
-        return flag_values([argv[0], *kept])
-    except flags.Error as error:
-        raise SystemExit(f"error: {error}") from None
-
-
-def _is_defined(arg, flag_values):
-    """Whether `--name[=value]` (or `--noname`) names a flag of `flag_values`."""
-    if not arg.startswith("-"):
-        return True
-    name = arg.lstrip("-").split("=", 1)[0]
-    return name in flag_values or (name.startswith("no") and name[2:] in flag_values)
-
-
-def run_tool(define_flags, body):
-    """Runs an inference tool: its flags, `body()`, and one `error:` line on bad input.
-
-    Args:
-      define_flags: defines the tool's flags (not done at import, see `evaluate`).
-      body: the tool itself, reading the parsed flags.
-    """
-
-    def main(argv):
-        if len(argv) > 1:
-            sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}")
-        try:
-            body()
-        except (ValueError, OSError) as error:
-            sys.exit(f"error: {error}")
-        except tf.errors.OpError as error:
-            sys.exit(f"error: {error.message.strip().splitlines()[0]}")
-
-    define_flags()
-    cli.list_flags_in_help(define_flags.__module__, config.__name__, __name__)
-    app.run(main, flags_parser=parse_flags)

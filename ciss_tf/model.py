@@ -23,7 +23,6 @@ CiSS-Net minus it is what the Context Net's choice adds; no RL, like "pmap").
 import keras
 import tensorflow as tf
 
-from ciss_tf import ops
 from ciss_tf.context_net import ContextNet
 from ciss_tf.pspnet import FeatureNet
 from ciss_tf.segment_net import BaseNet, BiasNet
@@ -266,11 +265,6 @@ class CissNet(keras.Model):
             if bootstrap:
                 outputs["bootstrap_value"] = context_net(logits[-1])[1]
         return outputs
-
-    def predict_labels(self, images, num_steps=2):
-        """Greedy class ids `[B, H, W]` at step `num_steps`, at the input resolution."""
-        logits = self(images, training=False, num_steps=num_steps)["logits"][-1]
-        return tf.argmax(ops.resize_bilinear(logits, ops.spatial_size(images)), -1, tf.int32)
 
     def get_config(self):
         return {

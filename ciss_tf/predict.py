@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from ciss_tf import inference
-from ciss_tf.data import datasets, input_pipeline
+from ciss_tf import command_flags, inference
+from ciss_tf.data import datasets, preprocessing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 FLAGS = flags.FLAGS
@@ -39,9 +39,11 @@ def define_flags():
     flags.DEFINE_string("checkpoint", None, "Checkpoint prefix, or a folder (its latest).")
     flags.DEFINE_string("input", None, "An image file or a folder of images.")
     flags.DEFINE_string("output_dir", None, "Folder of the output PNGs (created if missing).")
-    flags.DEFINE_integer("num_steps", 2, "T: context steps unrolled.")
+    flags.DEFINE_integer(
+        "unroll_steps", 2, "T: context steps unrolled (an experiment's flagfile gives its own)."
+    )
+    flags.DEFINE_alias("num_steps", "unroll_steps")
     flags.DEFINE_float("overlay_alpha", 0.5, "Weight of the prediction in the overlay.")
-    inference.define_input_scale_flag()
 
 
 def list_images(path):
@@ -94,19 +96,11 @@ def make_predictor(model, num_steps, input_scale=1.0):
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def predict(image):
         size = tf.unstack(tf.shape(image)[:2])
-        images = inference.rescale_images(
-            input_pipeline.normalize_image(image)[tf.newaxis], input_scale
+        images = preprocessing.rescale_images(
+            preprocessing.normalize_image(image)[tf.newaxis], input_scale
         )
-        logits, context = inference.unroll(model, images, num_steps)
-        labels = tf.stack([
-            tf.argmax(inference.upsample_logits(logits[t], size), -1, output_type=tf.int32)[0]
-            for t in range(num_steps + 1)
-        ])
-        if num_steps == 0:
-            return labels, tf.zeros([0, size[0], size[1]], tf.int32)
-        return labels, tf.stack([
-            inference.upsample_context(context[t], size)[0] for t in range(num_steps)
-        ])
+        outputs = inference.segment(model, images, num_steps, size=size)
+        return outputs["labels"][:, 0], outputs["context"][:, 0]
 
     return predict
 
@@ -160,17 +154,19 @@ def predict_from_flags():
         if not FLAGS[name].value:
             raise ValueError(f"--{name} is required")
     inference.check_local_output(FLAGS.output_dir, "--output_dir")
-    if FLAGS.num_steps < 0:
-        raise ValueError(f"--num_steps must be >= 0, got {FLAGS.num_steps}")
+    if FLAGS.unroll_steps < 0:
+        raise ValueError(f"--num_steps must be >= 0, got {FLAGS.unroll_steps}")
     if not 0.0 <= FLAGS.overlay_alpha <= 1.0:
         raise ValueError(f"--overlay_alpha must lie in [0, 1], got {FLAGS.overlay_alpha}")
     info = datasets.get_dataset_info(FLAGS.dataset)
     files = list_images(FLAGS.input)
     for file in files:
         read_image(file)
-    model, checkpoint = inference.load_model(info.num_classes, FLAGS.checkpoint)
+    model, checkpoint = inference.load_model(
+        command_flags.model_config("ciss"), info.num_classes, FLAGS.checkpoint
+    )
     logging.info("Predicting %d image(s) with %s", len(files), checkpoint)
-    predict = make_predictor(model, FLAGS.num_steps, FLAGS.input_scale)
+    predict = make_predictor(model, FLAGS.unroll_steps, FLAGS.input_scale)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     written = []
     for file in files:
@@ -187,7 +183,7 @@ def predict_from_flags():
 
 def run():
     """Console entry point."""
-    inference.run_tool(define_flags, predict_from_flags)
+    command_flags.run_tool(define_flags, predict_from_flags)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ stride 8 for the paper preset). The paper calls this stack "the first four block
 import keras
 import tensorflow as tf
 
-from ciss_tf import ops
 from ciss_tf.backbone import DilatedResNet
 from ciss_tf.ppm import PyramidPooling, make_norm
 
@@ -137,11 +136,6 @@ class PSPNet(keras.Model):
             "logits": self.head(x, training=training),
             "aux_logits": self.aux_head(res4, training=training),
         }
-
-    def predict_labels(self, images):
-        """Class ids `[B, H, W]` at the input resolution (inference)."""
-        logits = self(images, training=False)["logits"]
-        return tf.argmax(ops.resize_bilinear(logits, ops.spatial_size(images)), -1, tf.int32)
 
     def get_config(self):
         return {

@@ -35,11 +35,12 @@ finished "$RUNS/pspnet" ||
     --model_dir="$RUNS/pspnet" 2>&1 | tee -a "$RUNS/pspnet.log"
 [ -e "$RUNS/pspnet/eval.json" ] ||
   $PY -m ciss_tf.evaluate --flagfile=experiments/camvid_pspnet.flags --data_dir="$DATA" \
-    --checkpoint="$RUNS/pspnet" --eval_steps=0 --eval_scales=0.5 \
+    --checkpoint="$RUNS/pspnet" --eval_steps=0 \
     --output_json="$RUNS/pspnet/eval.json"
 
 # Stage 2 run $1 with seed $2 (extra flags after): train, then score at the original
-# 480x360 with the net seeing each image at the training scale (0.5), t = 0..6.
+# 480x360 with the net seeing each image at the training scale (the flagfiles'
+# --input_scale), t = 0..6.
 stage2() {
   local run=$1 seed=$2
   shift 2
@@ -50,7 +51,7 @@ stage2() {
       tee -a "$dir.log"
   [ -e "$dir/eval.json" ] ||
     $PY -m ciss_tf.evaluate --flagfile="experiments/$run.flags" --data_dir="$DATA" \
-      --checkpoint="$dir" --eval_steps=$EVAL_STEPS --eval_scales=0.5 "$@" \
+      --checkpoint="$dir" --eval_steps=$EVAL_STEPS "$@" \
       --output_json="$dir/eval.json"
 }
 
@@ -70,11 +71,11 @@ done
 stage2 camvid_t8 "$FIRST_SEED"
 stage2 camvid_fresh "$FIRST_SEED"
 
-# Export for TF Serving (the first seed's CiSS-Net, T = 2, images resized by 0.5 inside
-# the graph).
+# Export for TF Serving (the first seed's CiSS-Net; T and the input scale of camvid.flags,
+# images resized inside the graph).
 [ -d "$RUNS/export" ] ||
   $PY -m ciss_tf.export --flagfile=experiments/camvid.flags --checkpoint="$RUNS/camvid_s$FIRST_SEED" \
-    --export_dir="$RUNS/export" --num_steps=2 --input_scale=0.5
+    --export_dir="$RUNS/export"
 
 # experiments/camvid_results.json, report.md (tables, targets, gates, wall times) and the
 # context-map figure; scores the export.

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import checkpoints, config, evaluate
+from ciss_tf import checkpoints, config
 from ciss_tf.data import input_pipeline
+from ciss_tf.evaluation import evaluator
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "camvid"
@@ -80,7 +81,7 @@ def test_camvid_flagfiles_train_both_stages_and_evaluate(tmp_path):
     dataset = input_pipeline.eval_dataset(
         input_pipeline.split_file_pattern(str(data), "val"), num_classes=11
     )
-    expected = evaluate.evaluate_model(
+    expected = evaluator.evaluate_model(
         model, dataset, num_classes=11, eval_steps=(0, 2), scales=(0.5,)
     )["steps"]
     for t, step in report["steps"].items():

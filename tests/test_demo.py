@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import demo
+from ciss_tf import train
 from ciss_tf.data import datasets
+from ciss_tf.tools import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 PALETTE = datasets.get_dataset_info("synthetic").palette
@@ -91,14 +92,14 @@ def test_figure_panel_layout_and_uncertain_pixels_white():
             assert (context_tile[:, 6 * zoom:] == 255).all()
 
 
-def test_max_steps_reads_the_flagfile_and_lets_overrides_win(tmp_path):
+def test_a_run_is_the_flagfile_with_overrides_winning(tmp_path):
     flagfile = tmp_path / "x.flags"
     flagfile.write_text("# comment\n--stage=ciss\n--max_steps=600\n")
-    assert demo._max_steps(str(flagfile), ()) == 600
-    assert demo._max_steps(str(flagfile), ("--max_steps=3",)) == 3
-    flagfile.write_text("--stage=ciss\n")
-    with pytest.raises(demo.DemoError, match="x.flags"):
-        demo._max_steps(str(flagfile), ())
+    assert train.parse_config([f"--flagfile={flagfile}"]).max_steps == 600
+    assert train.parse_config([f"--flagfile={flagfile}", "--max_steps=3"]).max_steps == 3
+    flagfile.write_text("--stage=ciss\n--unroll_steps=x\n")
+    with pytest.raises(demo.DemoError, match="unroll_steps"):
+        demo.train_run("x", str(flagfile), str(tmp_path / "run"), [])
 
 
 def test_demo_flagfiles_train_every_run_for_the_same_steps():

@@ -16,8 +16,9 @@ import tensorflow as tf
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from conftest import cli_error_line, varied_tiny_net
 
-from ciss_tf import checkpoints, cityscapes_eval, config, evaluate, inference
-from ciss_tf.data import input_pipeline, synthetic, tfrecord
+from ciss_tf import checkpoints, cityscapes_eval, config, inference, ops
+from ciss_tf.data import input_pipeline, preprocessing, synthetic, tfrecord
+from ciss_tf.evaluation import evaluator
 
 NUM_CLASSES = synthetic.NUM_CLASSES
 SIZES = ((37, 53), (29, 41))
@@ -93,7 +94,7 @@ def _brute_force_scores(predictions, labels):
 def _reference_predictions(net, examples, step, **kwargs):
     outputs = []
     for i, (image, _) in enumerate(examples):
-        x = input_pipeline.normalize_image(image)[tf.newaxis]
+        x = preprocessing.normalize_image(image)[tf.newaxis]
         logits = net(x, training=False, num_steps=step, sample_ids=[i], **kwargs)["logits"]
         outputs.append(np.argmax(_resize(logits[step], image.shape[:2])[0], axis=-1))
     return outputs
@@ -108,15 +109,18 @@ def test_sliding_windows_follow_pspnet_grid():
     assert inference.sliding_windows((4, 13), (6, 6)) == [
         (0, 0, 4, 6), (0, 4, 4, 10), (0, 7, 4, 13),
     ]
-    assert inference.scaled_size((37, 53), 0.5) == (19, 27)  # 18.5 and 26.5 round up
-    assert inference.scaled_size((3, 3), 0.1) == (1, 1)
+    # One rounding rule (half up, at least 1) for inference and the training augmentation.
+    assert preprocessing.scaled_size((37, 53), 0.5).numpy().tolist() == [19, 27]  # .5 up
+    assert preprocessing.scaled_size((3, 3), 0.1).numpy().tolist() == [1, 1]
+    assert preprocessing.scaled_size(tf.constant([5, 7]), tf.constant(0.5)).numpy().tolist() == [
+        3, 4]  # float32 scale tensors, as the augmentation draws them
 
 
 @pytest.mark.parametrize("policy", ["greedy", "sample"])
 def test_evaluate_model_matches_brute_force(net, data_dir, policy):
     examples = _fixture_arrays()
     steps = (0, 2) if policy == "greedy" else (1,)
-    results = evaluate.evaluate_model(
+    results = evaluator.evaluate_model(
         net, _dataset(data_dir), num_classes=NUM_CLASSES, eval_steps=steps, policy=policy,
         seed=5,
     )
@@ -137,19 +141,22 @@ def test_evaluate_model_matches_brute_force(net, data_dir, policy):
 def test_evaluate_model_scores_a_pspnet_at_step_0(data_dir):
     keras.utils.set_random_seed(0)
     psp = config.build_pspnet(NUM_CLASSES, "tiny")
-    results = evaluate.evaluate_model(
+    results = evaluator.evaluate_model(
         psp, _dataset(data_dir), num_classes=NUM_CLASSES, eval_steps=(0,)
     )
     examples = _fixture_arrays()
-    predictions = [
-        psp.predict_labels(input_pipeline.normalize_image(image)[tf.newaxis])[0].numpy()
-        for image, _ in examples
-    ]
+
+    def labels(image):  # PSPNet's argmax, resized back corner-aligned as the original's Interp
+        images = preprocessing.normalize_image(image)[tf.newaxis]
+        logits = psp(images, training=False)["logits"]
+        return tf.argmax(ops.resize_bilinear(logits, image.shape[:2]), -1)[0].numpy()
+
+    predictions = [labels(image) for image, _ in examples]
     _, miou, accuracy = _brute_force_scores(predictions, [label for _, label in examples])
     assert results["steps"]["0"]["miou"] == pytest.approx(miou, rel=1e-12)
     assert results["steps"]["0"]["pixel_accuracy"] == pytest.approx(accuracy, rel=1e-12)
     with pytest.raises(ValueError, match="step 0 only"):
-        evaluate.evaluate_model(psp, _dataset(data_dir), num_classes=NUM_CLASSES,
+        evaluator.evaluate_model(psp, _dataset(data_dir), num_classes=NUM_CLASSES,
                                 eval_steps=(0, 2))
 
 
@@ -287,7 +294,7 @@ def test_our_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):
         train_ids.append(label_to_train[label_ids].astype(np.int32))
         names.append(f"{stem}_leftImg8bit.png")
     dataset = tf.data.Dataset.from_generator(
-        lambda: ({"image": input_pipeline.normalize_image(image)[tf.newaxis],
+        lambda: ({"image": preprocessing.normalize_image(image)[tf.newaxis],
                   "label": label[np.newaxis], "filename": [name]}
                  for image, label, name in zip(images, train_ids, names, strict=True)),
         output_signature={
@@ -297,9 +304,9 @@ def test_our_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):
         },
     )
     net = _net(19)
-    results = evaluate.evaluate_model(
+    results = evaluator.evaluate_model(
         net, dataset, num_classes=19, eval_steps=(0, 1),
-        on_prediction=evaluate.cityscapes_writer(str(results_dir), 1),
+        on_prediction=evaluator.cityscapes_writer(str(results_dir), 1),
     )
     assert sorted(os.listdir(results_dir)) == [
         "ulm_000000_000000_pred_labelIds.png", "ulm_000000_000001_pred_labelIds.png"

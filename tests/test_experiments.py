@@ -1,5 +1,6 @@
 """Every experiment flagfile parses, builds its model and takes a training step."""
 
+import dataclasses
 import functools
 import json
 import subprocess
@@ -10,15 +11,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
-from absl.testing import flagsaver
 
-from ciss_tf import checkpoints, config, metrics, train
+from ciss_tf import checkpoints, config, metrics, ops, train
 from ciss_tf.data import datasets, input_pipeline
+from ciss_tf.training import trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGFILES = sorted((ROOT / "experiments").glob("*.flags"))
-FLAGS = flags.FLAGS
 
 
 @functools.cache
@@ -50,37 +49,34 @@ def test_flagfile_parses_and_builds(path, monkeypatch):
     monkeypatch.chdir(ROOT)  # flagfiles include each other relative to the repository root
     text = path.read_text()
     assert text.startswith("#"), "each flagfile starts with a comment saying what it reproduces"
-    with flagsaver.flagsaver():
-        FLAGS(["train", f"--flagfile={path}"])
-        assert FLAGS.data_dir is None and FLAGS.model_dir is None  # no machine paths
-        info = datasets.get_dataset_info(FLAGS.dataset)
-        height, width = (int(v) for v in FLAGS.crop_size)
-        assert height > 0 and width > 0 and FLAGS.batch_size > 0
-        shapes = _model_outputs(
-            FLAGS.stage, FLAGS.preset, FLAGS.dataset, FLAGS.context_mode, FLAGS.unroll_steps,
-            FLAGS.random_keep_rate,
-        )
-        assert shapes["logits"][-1] == info.num_classes
-        if FLAGS.stage == "ciss":
-            assert FLAGS.context_learning_rate <= FLAGS.base_learning_rate
-            assert ("policy_logits" in shapes) == (FLAGS.context_mode == "learned")
+    cfg = train.parse_config([f"--flagfile={path}"])
+    assert cfg.data.data_dir is None and cfg.model_dir is None  # no machine paths
+    info = datasets.get_dataset_info(cfg.data.dataset)
+    height, width = cfg.data.crop_size
+    assert height > 0 and width > 0 and cfg.data.batch_size > 0
+    model = cfg.model
+    shapes = _model_outputs(
+        model.stage, model.preset, cfg.data.dataset, model.context_mode, cfg.unroll_steps,
+        model.random_keep_rate,
+    )
+    assert shapes["logits"][-1] == info.num_classes
+    if model.stage == "ciss":
+        assert cfg.optimizer.context_learning_rate <= cfg.optimizer.base_learning_rate
+        assert ("policy_logits" in shapes) == (model.context_mode == "learned")
 
 
 def test_ablations_override_only_what_they_study(monkeypatch):
     monkeypatch.chdir(ROOT)
-    with flagsaver.flagsaver():
-        FLAGS(["train", "--flagfile=experiments/ade20k_gamma_01.flags"])
-        assert FLAGS.gamma == 0.1 and FLAGS.lambda2 == 0.05 and FLAGS.base_learning_rate == 2e-3
-    with flagsaver.flagsaver():
-        FLAGS(["train", "--flagfile=experiments/ade20k_pmap.flags"])
-        assert FLAGS.context_mode == "pmap" and FLAGS.dataset == "ade20k"
-    with flagsaver.flagsaver():
-        FLAGS(["train", "--flagfile=experiments/camvid.flags"])
-        recipe = (FLAGS.max_steps, FLAGS.unroll_steps, FLAGS.base_learning_rate)
-    with flagsaver.flagsaver():
-        FLAGS(["train", "--flagfile=experiments/camvid_random_gate.flags"])
-        assert (FLAGS.context_mode, FLAGS.random_keep_rate) == ("random", 0.9)
-        assert (FLAGS.max_steps, FLAGS.unroll_steps, FLAGS.base_learning_rate) == recipe
+    cfg = train.parse_config(["--flagfile=experiments/ade20k_gamma_01.flags"])
+    assert (cfg.reward.gamma == 0.1 and cfg.reward.lambda2 == 0.05
+            and cfg.optimizer.base_learning_rate == 2e-3)
+    cfg = train.parse_config(["--flagfile=experiments/ade20k_pmap.flags"])
+    assert cfg.model.context_mode == "pmap" and cfg.data.dataset == "ade20k"
+    cfg = train.parse_config(["--flagfile=experiments/camvid.flags"])
+    recipe = (cfg.max_steps, cfg.unroll_steps, cfg.optimizer.base_learning_rate)
+    cfg = train.parse_config(["--flagfile=experiments/camvid_random_gate.flags"])
+    assert (cfg.model.context_mode, cfg.model.random_keep_rate) == ("random", 0.9)
+    assert (cfg.max_steps, cfg.unroll_steps, cfg.optimizer.base_learning_rate) == recipe
 
 
 # Each flagfile's own settings (stage, optimizer, context mode, rewards, learning rates,
@@ -104,15 +100,16 @@ def no_graph_optimizer():
     )
 
 
-def _fresh_model(stage, init_checkpoint=None):
-    """The model the trainer builds from the parsed flags, at its initial weights."""
-    keras.utils.set_random_seed(FLAGS.seed)
-    model = config.model_from_flags(datasets.get_dataset_info("synthetic").num_classes, stage)
-    model(tf.zeros([1, 48, 48, 3]), **({} if stage == "pspnet" else {"num_steps": 1}))
-    if init_checkpoint:  # as the trainer starts stage 2
-        checkpoints.restore_feature_net(model, init_checkpoint)
-        if FLAGS.base_init == "pspnet":
-            checkpoints.restore_base_net_from_pspnet_head(model, init_checkpoint)
+def _fresh_model(cfg):
+    """The model the trainer builds from `cfg`, at its initial weights."""
+    keras.utils.set_random_seed(cfg.seed)
+    model = config.build_model(
+        cfg.model, datasets.get_dataset_info("synthetic").num_classes, (48, 48)
+    )
+    if cfg.model.stage == "ciss" and cfg.init_checkpoint:  # as the trainer starts stage 2
+        checkpoints.restore_feature_net(model, cfg.init_checkpoint)
+        if cfg.base_init == "pspnet":
+            checkpoints.restore_base_net_from_pspnet_head(model, cfg.init_checkpoint)
     return model
 
 
@@ -120,10 +117,10 @@ def _fresh_model(stage, init_checkpoint=None):
 def stage1_checkpoint(synthetic_records, tmp_path_factory):
     """A tiny stage-1 PSPNet (one step) that the stage-2 flagfiles start from."""
     model_dir = tmp_path_factory.mktemp("stage1")
-    with flagsaver.flagsaver():
-        FLAGS(["train", f"--flagfile={ROOT / 'experiments' / 'demo_pspnet.flags'}", *SHRUNK,
-               f"--data_dir={synthetic_records}", f"--model_dir={model_dir}"])
-        train.train()
+    trainer.train(train.parse_config([
+        f"--flagfile={ROOT / 'experiments' / 'demo_pspnet.flags'}", *SHRUNK,
+        f"--data_dir={synthetic_records}", f"--model_dir={model_dir}",
+    ]))
     return str(model_dir)
 
 
@@ -132,15 +129,14 @@ def test_flagfile_takes_a_training_step(path, synthetic_records, stage1_checkpoi
                                        monkeypatch, no_graph_optimizer):
     monkeypatch.chdir(ROOT)
     model_dir = tmp_path / "run"
-    with flagsaver.flagsaver():
-        FLAGS(["train", f"--flagfile={path}", *SHRUNK, f"--data_dir={synthetic_records}",
-               f"--model_dir={model_dir}"])
-        FLAGS.unroll_steps = min(FLAGS.unroll_steps, MAX_TEST_UNROLL)
-        stage, steps = FLAGS.stage, FLAGS.unroll_steps
-        init = stage1_checkpoint if stage == "ciss" else None
-        FLAGS.init_checkpoint = init
-        terms = train.train()
-        initial = _fresh_model(stage, init)
+    cfg = train.parse_config([f"--flagfile={path}", *SHRUNK,
+                              f"--data_dir={synthetic_records}", f"--model_dir={model_dir}"])
+    stage, steps = cfg.model.stage, min(cfg.unroll_steps, MAX_TEST_UNROLL)
+    cfg = dataclasses.replace(
+        cfg, unroll_steps=steps, init_checkpoint=stage1_checkpoint if stage == "ciss" else None
+    )  # stage 2 starts from stage 1, as real runs do
+    terms = trainer.train(cfg)
+    initial = _fresh_model(cfg)
     assert np.isfinite(terms["total"])
     reader = tf.train.load_checkpoint(str(model_dir / "ckpt-1"))
     variables = checkpoints.model_variables(initial)
@@ -180,11 +176,10 @@ def test_baseline_flagfile_trains_and_evaluates_at_t0(synthetic_records, tmp_pat
     monkeypatch.chdir(ROOT)
     model_dir = tmp_path / "baseline"
     flagfile = "--flagfile=experiments/ade20k_baseline.flags"
-    with flagsaver.flagsaver():
-        FLAGS(["train", flagfile, *SHRUNK, f"--data_dir={synthetic_records}",
-               f"--model_dir={model_dir}"])
-        train.train()
-        model = _fresh_model("ciss")
+    cfg = train.parse_config([flagfile, *SHRUNK, f"--data_dir={synthetic_records}",
+                              f"--model_dir={model_dir}"])
+    trainer.train(cfg)
+    model = _fresh_model(cfg)
     tf.train.Checkpoint(model=checkpoints.model_variables(model)).restore(
         str(model_dir / "ckpt-1")
     ).assert_existing_objects_matched()
@@ -200,7 +195,9 @@ def test_baseline_flagfile_trains_and_evaluates_at_t0(synthetic_records, tmp_pat
     confusion = np.zeros([num_classes, num_classes], np.int64)
     pattern = input_pipeline.split_file_pattern(synthetic_records, "val")
     for batch in input_pipeline.eval_dataset(pattern, num_classes=num_classes):
-        predicted = model.predict_labels(batch["image"], num_steps=0)
+        # The Base Net's own argmax, resized back as the original's Interp (corners aligned).
+        logits = model(batch["image"], training=False, num_steps=0)["logits"][-1]
+        predicted = tf.argmax(ops.resize_bilinear(logits, ops.spatial_size(batch["image"])), -1)
         confusion += metrics.confusion_matrix(batch["label"], predicted, num_classes)
     expected = metrics.segmentation_scores(confusion)["miou"]
     scores = json.loads(output.read_text())["steps"]

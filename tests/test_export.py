@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 from conftest import cli_error_line, varied_tiny_net
 
-from ciss_tf import checkpoints, export, predict
-from ciss_tf.data import input_pipeline, synthetic
+from ciss_tf import checkpoints, predict
+from ciss_tf.data import preprocessing, synthetic
+from ciss_tf.serving import exporter
 
 # Run in a fresh process: nothing of the exporter's Python objects is available there.
 LOADER = textwrap.dedent("""
@@ -74,7 +75,7 @@ def _finish(process):
 def _reference(net, images):
     """Labels, last context map and probabilities at step 2 of the live model."""
     size = images.shape[1:3]
-    outputs = net(input_pipeline.normalize_image(images), num_steps=2)
+    outputs = net(preprocessing.normalize_image(images), num_steps=2)
     logits = tf.compat.v1.image.resize_bilinear(outputs["logits"][2], size, align_corners=True)
     context = tf.compat.v1.image.resize_nearest_neighbor(
         outputs["context"][1][..., tf.newaxis], size, align_corners=True
@@ -193,7 +194,7 @@ def test_input_scale_runs_the_network_on_the_resized_image_and_answers_at_full_s
     images = np.random.default_rng(1).integers(0, 256, (1, 37, 53, 3), dtype=np.uint8)
     # 37 x 53 at scale 0.5, rounded half up: 19 x 27.
     small = tf.compat.v1.image.resize_bilinear(
-        input_pipeline.normalize_image(images), (19, 27), align_corners=True
+        preprocessing.normalize_image(images), (19, 27), align_corners=True
     )
     outputs = net(small, num_steps=2)
     logits = tf.compat.v1.image.resize_bilinear(outputs["logits"][2], (37, 53),
@@ -201,7 +202,7 @@ def test_input_scale_runs_the_network_on_the_resized_image_and_answers_at_full_s
     expected = np.argmax(logits, -1)
     assert len(np.unique(expected)) >= 3
 
-    served = export.ServingModule(net, 2, fast=False, input_scale=0.5).segment(
+    served = exporter.ServingModule(net, 2, fast=False, input_scale=0.5).segment(
         tf.constant(images)
     )
     np.testing.assert_array_equal(served["labels"], expected)

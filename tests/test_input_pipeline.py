@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from ciss_tf.data import input_pipeline as ip
-from ciss_tf.data import tfrecord
+from ciss_tf.data import preprocessing, tfrecord
 
-MEAN = np.array(ip.MEAN_RGB, np.float32)
+MEAN = np.array(preprocessing.MEAN_RGB, np.float32)
 
 
 def png(array: np.ndarray) -> bytes:
@@ -46,12 +46,12 @@ def rgb_of(normalised: np.ndarray) -> np.ndarray:
 
 
 def test_normalize_is_caffe_style_and_inverts():
-    x = ip.normalize_image(tf.constant([[[1, 2, 3]]], tf.uint8)).numpy()
+    x = preprocessing.normalize_image(tf.constant([[[1, 2, 3]]], tf.uint8)).numpy()
     np.testing.assert_allclose(x, [[[3 - 103.939, 2 - 116.779, 1 - 123.68]]], rtol=0, atol=1e-4)
     batch = np.random.default_rng(0).integers(0, 256, (2, 5, 4, 3), dtype=np.uint8)
-    normalised = ip.normalize_image(batch)
+    normalised = preprocessing.normalize_image(batch)
     assert normalised.dtype == tf.float32 and normalised.shape == (2, 5, 4, 3)
-    np.testing.assert_array_equal(ip.denormalize_image(normalised).numpy(), batch)
+    np.testing.assert_array_equal(preprocessing.denormalize_image(normalised).numpy(), batch)
 
 
 # --- Training augmentation ----------------------------------------------------------------
@@ -185,7 +185,7 @@ def test_eval_dataset_keeps_sizes_order_and_names(tmp_path):
     ]
     for g, (_, image, label) in zip(got, examples, strict=True):
         assert g["image"].shape == (1, *image.shape) and g["label"].dtype == tf.int32
-        np.testing.assert_array_equal(ip.denormalize_image(g["image"][0]).numpy(), image)
+        np.testing.assert_array_equal(preprocessing.denormalize_image(g["image"][0]).numpy(), image)
         np.testing.assert_array_equal(g["label"][0].numpy(), label)
     padded = next(iter(ip.eval_dataset(pattern, num_classes=4, pad_to_multiple=4)))
     assert padded["image"].shape == (1, 8, 8, 3)

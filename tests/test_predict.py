@@ -10,8 +10,8 @@ import tensorflow as tf
 from absl import flags
 from conftest import cli_error_line, varied_tiny_net
 
-from ciss_tf import checkpoints, inference, predict
-from ciss_tf.data import input_pipeline, synthetic
+from ciss_tf import checkpoints, command_flags, predict
+from ciss_tf.data import preprocessing, synthetic
 
 WHITE = [255, 255, 255]
 
@@ -89,7 +89,7 @@ def test_cli_writes_predictions_context_maps_overlay_and_comparison(tmp_path):
     expected = {}
     for stem, image in images.items():
         size = image.shape[:2]
-        outputs = net(input_pipeline.normalize_image(image)[tf.newaxis], num_steps=2)
+        outputs = net(preprocessing.normalize_image(image)[tf.newaxis], num_steps=2)
         logits = tf.compat.v1.image.resize_bilinear(outputs["logits"][:, 0], size,
                                                     align_corners=True)
         context = tf.compat.v1.image.resize_nearest_neighbor(
@@ -152,11 +152,11 @@ def test_parse_flags_drops_training_flags_of_a_flagfile_in_either_form(tmp_path,
     flagfile.write_text("--checkpoint=ckpt\n--stage=ciss\n--unroll_steps=8\n")
     directive = ([f"--flagfile={flagfile}"] if form == "one_argument"
                  else ["--flagfile", str(flagfile)])
-    assert inference.parse_flags(["tool", *directive, "--num_steps", "2"]) == ["tool"]
+    assert command_flags.parse_flags(["tool", *directive, "--num_steps", "2"]) == ["tool"]
     assert (flag_values.checkpoint, flag_values.num_steps) == ("ckpt", 2)
 
 
 def test_parse_flags_names_a_flagfile_flag_without_its_file(monkeypatch):
     monkeypatch.setattr(flags, "FLAGS", flags.FlagValues())
     with pytest.raises(SystemExit, match="^error: .*--flagfile"):
-        inference.parse_flags(["tool", "--flagfile"])
+        command_flags.parse_flags(["tool", "--flagfile"])

@@ -4,8 +4,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
-from absl.testing import flagsaver
 
 from ciss_tf import checkpoints, config
 from ciss_tf.fast_inference import FastCissNet
@@ -89,10 +87,7 @@ def test_keep_rate_is_serialised_and_the_fast_net_draws_the_same_actions(tmp_pat
 
 @pytest.mark.parametrize("rate", [None, 0.0, 1.5])
 def test_a_keep_rate_outside_0_1_is_refused_naming_the_flag(rate):
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-    with flagsaver.flagsaver(preset="tiny", context_mode="random", random_keep_rate=rate):
-        with pytest.raises(ValueError, match="--random_keep_rate"):
-            config.model_from_flags(NUM_CLASSES)
+    with pytest.raises(ValueError, match="--random_keep_rate"):
+        config.ModelConfig(preset="tiny", context_mode="random", random_keep_rate=rate)
     with pytest.raises(ValueError, match="random_keep_rate"):
         config.build_ciss_net(NUM_CLASSES, "tiny", "random", random_keep_rate=rate)

@@ -7,17 +7,19 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl.testing import flagsaver
 from conftest import varied_tiny_net
 
-from ciss_tf import checkpoints, config, inference, train
+from ciss_tf import checkpoints, config, inference
+from ciss_tf.config import ModelConfig
 from ciss_tf.data import datasets
+from ciss_tf.training import optimizers as optimizers_lib
+from ciss_tf.training import summaries, tasks
+from ciss_tf.training.config import OptimizerConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
@@ -163,7 +165,7 @@ def test_adamw_three_groups_on_two_replicas_resume_equals_uninterrupted(data_dir
     ]
     _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'two'}")
     _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'resumed'}", "--stop_at_step=1")
-    first = json.loads((tmp_path / "resumed" / train.SUMMARY_FILE).read_text())
+    first = json.loads((tmp_path / "resumed" / summaries.SUMMARY_FILE).read_text())
     result = _run("ciss_tf.train", *common, f"--model_dir={tmp_path / 'resumed'}")
     assert "Resumed from" in result.stderr
     _assert_same_weights(_weights(tmp_path / "resumed", 2), _weights(tmp_path / "two", 2),
@@ -178,7 +180,7 @@ def test_adamw_three_groups_on_two_replicas_resume_equals_uninterrupted(data_dir
         assert scalars[f"learning_rate/{tag}", 1] == pytest.approx(rate, rel=1e-6)
         assert scalars[f"learning_rate/{tag}", 2] == pytest.approx(rate * 0.5**0.9, rel=1e-6)
     # The summary counts both sessions' time; its terms average this session's steps.
-    summary = json.loads((tmp_path / "resumed" / train.SUMMARY_FILE).read_text())
+    summary = json.loads((tmp_path / "resumed" / summaries.SUMMARY_FILE).read_text())
     assert (first["step"], first["max_steps"], summary["step"]) == (1, 2, 2)
     assert summary["seconds"] > first["seconds"] > 0
     assert 0 <= summary["final_terms"]["kept_fraction"] <= 1
@@ -267,7 +269,7 @@ import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from ciss_tf import train
+from ciss_tf.training import optimizers as optimizers_lib
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 @tf.function
@@ -277,7 +279,7 @@ def step(bad_replica):
     first = tf.fill([3], value)
     first = tf.where(tf.equal(replica, bad_replica), first * np.inf, first)
     second = tf.fill([2], tf.cast(value, tf.float16))
-    return train.poison_unless_all_replicas_finite([first, second])
+    return optimizers_lib.poison_unless_all_replicas_finite([first, second])
 
 results = {}
 for bad in (-1, 1):
@@ -301,11 +303,6 @@ def test_an_overflow_on_one_replica_makes_every_replica_skip():
             assert np.isnan(values).all()
 
 
-def _parsed_flags():
-    if not train.FLAGS.is_parsed():  # flag defaults, as a command line without flags gives
-        train.FLAGS.mark_as_parsed()
-
-
 def _conv_variables(name, seed):
     """A built 1x1 conv's kernel and bias, with non-zero values (keras Variables: `.path`)."""
     conv = keras.layers.Conv2D(2, 1, name=name, bias_initializer="ones")
@@ -321,18 +318,19 @@ def test_sgd_groups_equal_the_gradient_multiplier_form():
     # (-0.135, -0.09); w2 = (-0.235, 0.11). The context group at 0.01 = the base rate x 0.1
     # moves 10x less, which is what the old multiplier form (its gradients x 0.1, the base
     # schedule) gives: lr x (0.1 g) = (0.1 lr) x g at every step, momentum being linear.
-    _parsed_flags()
     gradients = [tf.constant([1.0, -2.0]), tf.constant([0.5, 3.0])]
-    with flagsaver.flagsaver(optimizer="sgd", momentum=0.9, max_steps=10, lr_power=1.0):
-        base, context = keras.Variable(tf.zeros([2])), keras.Variable(tf.zeros([2]))
-        groups = [train.VariableGroup("base", (base,), 0.1),
-                  train.VariableGroup("context", (context,), 0.01)]
-        optimizers = train.make_group_optimizers(groups)
-        old_base, old_context = keras.Variable(tf.zeros([2])), keras.Variable(tf.zeros([2]))
-        old = train.make_optimizer(train.make_schedule(0.1), [old_base, old_context])
-        for g in gradients:
-            train.apply_group_gradients(groups, optimizers, [g, g])
-            old.apply_gradients([(g, old_base), (0.1 * g, old_context)])
+    cfg, max_steps = OptimizerConfig(optimizer="sgd", momentum=0.9, lr_power=1.0), 10
+    base, context = keras.Variable(tf.zeros([2])), keras.Variable(tf.zeros([2]))
+    groups = [optimizers_lib.VariableGroup("base", (base,), 0.1),
+              optimizers_lib.VariableGroup("context", (context,), 0.01)]
+    optimizers = optimizers_lib.make_group_optimizers(groups, cfg, max_steps)
+    old_base, old_context = keras.Variable(tf.zeros([2])), keras.Variable(tf.zeros([2]))
+    old = optimizers_lib.make_optimizer(
+        optimizers_lib.make_schedule(0.1, cfg, max_steps), [old_base, old_context], cfg
+    )
+    for g in gradients:
+        optimizers_lib.apply_group_gradients(groups, optimizers, [g, g])
+        old.apply_gradients([(g, old_base), (0.1 * g, old_context)])
     np.testing.assert_allclose(base.numpy(), [-0.235, 0.11], rtol=1e-6)
     np.testing.assert_allclose(context.numpy(), [-0.0235, 0.011], rtol=1e-6)
     np.testing.assert_allclose(base.numpy(), old_base.numpy(), rtol=1e-6)
@@ -343,29 +341,29 @@ def test_adamw_decays_conv_kernels_only_each_group_at_its_own_rate():
     # AdamW's first step (Keras: m = 0.1 g, v = 0.001 g^2, bias-corrected) moves a weight by
     # lr g / (|g| + eps / sqrt(1 - beta2)), about lr sign(g), and first decays it by
     # w * wd * lr (kernels only): both at the group's own rate.
-    _parsed_flags()
     rates = {"base": 0.1, "context": 0.01, "context_net": 0.001}
     variables = {name: _conv_variables(name, seed) for seed, name in enumerate(rates)}
     before = {name: [v.numpy() for v in vs] for name, vs in variables.items()}
-    groups = [train.VariableGroup(name, tuple(variables[name]), lr) for name, lr in rates.items()]
-    with flagsaver.flagsaver(optimizer="adamw", weight_decay=0.5, max_steps=100):
-        optimizers = train.make_group_optimizers(groups)
-        # A zero gradient leaves Adam's step at 0: only the decoupled decay moves weights.
-        train.apply_group_gradients(
-            groups, optimizers, [tf.zeros_like(v) for g in groups for v in g.variables]
-        )
-        for name, lr in rates.items():
-            for variable, value in zip(variables[name], before[name], strict=True):
-                factor = 1 - lr * 0.5 if "kernel" in variable.path else 1.0
-                np.testing.assert_allclose(variable.numpy(), factor * value, rtol=1e-6,
-                                           err_msg=variable.path)
-        fresh = train.make_group_optimizers(groups)
-        start = {name: [v.numpy() for v in vs] for name, vs in variables.items()}
-        gradient = {"kernel": 2.0, "bias": -3.0}
-        train.apply_group_gradients(groups, fresh, [
-            tf.fill(v.shape, gradient["kernel" if "kernel" in v.path else "bias"])
-            for g in groups for v in g.variables
-        ])
+    groups = [optimizers_lib.VariableGroup(name, tuple(variables[name]), lr)
+              for name, lr in rates.items()]
+    cfg, max_steps = OptimizerConfig(optimizer="adamw", weight_decay=0.5), 100
+    optimizers = optimizers_lib.make_group_optimizers(groups, cfg, max_steps)
+    # A zero gradient leaves Adam's step at 0: only the decoupled decay moves weights.
+    optimizers_lib.apply_group_gradients(
+        groups, optimizers, [tf.zeros_like(v) for g in groups for v in g.variables]
+    )
+    for name, lr in rates.items():
+        for variable, value in zip(variables[name], before[name], strict=True):
+            factor = 1 - lr * 0.5 if "kernel" in variable.path else 1.0
+            np.testing.assert_allclose(variable.numpy(), factor * value, rtol=1e-6,
+                                       err_msg=variable.path)
+    fresh = optimizers_lib.make_group_optimizers(groups, cfg, max_steps)
+    start = {name: [v.numpy() for v in vs] for name, vs in variables.items()}
+    gradient = {"kernel": 2.0, "bias": -3.0}
+    optimizers_lib.apply_group_gradients(groups, fresh, [
+        tf.fill(v.shape, gradient["kernel" if "kernel" in v.path else "bias"])
+        for g in groups for v in g.variables
+    ])
     for name, lr in rates.items():
         for variable, value in zip(variables[name], start[name], strict=True):
             kernel = "kernel" in variable.path
@@ -380,36 +378,38 @@ def test_loss_scaled_groups_skip_together_and_keep_one_scale():
     # mixed_float16: one LossScaleOptimizer per group, the loss scaled by the first. An
     # overflow in one group's gradients must make every group skip the step and halve its
     # scale, else the groups' scales (and the unscaling of the shared scaled loss) diverge.
-    _parsed_flags()
-    with flagsaver.flagsaver(optimizer="sgd", momentum=0.0, lr_power=0.0):
-        base, context = keras.Variable(tf.zeros([2])), keras.Variable(tf.zeros([2]))
-        groups = [train.VariableGroup("base", (base,), 0.1),
-                  train.VariableGroup("context", (context,), 0.01)]
-        optimizers = train.make_group_optimizers(groups, loss_scaling=True)
-        train.apply_group_gradients(
-            groups, optimizers, [tf.ones([2]), tf.constant([1.0, np.inf])]
-        )
-        np.testing.assert_array_equal(base.numpy(), [0.0, 0.0])
-        np.testing.assert_array_equal(context.numpy(), [0.0, 0.0])
-        assert [float(o.dynamic_scale) for o in optimizers] == [2.0**14, 2.0**14]
-        scale = float(optimizers[0].dynamic_scale)
-        train.apply_group_gradients(groups, optimizers, [tf.fill([2], 2.0 * scale)] * 2)
+    cfg, max_steps = OptimizerConfig(optimizer="sgd", momentum=0.0, lr_power=0.0), 30000
+    base, context = keras.Variable(tf.zeros([2])), keras.Variable(tf.zeros([2]))
+    groups = [optimizers_lib.VariableGroup("base", (base,), 0.1),
+              optimizers_lib.VariableGroup("context", (context,), 0.01)]
+    optimizers = optimizers_lib.make_group_optimizers(groups, cfg, max_steps, loss_scaling=True)
+    optimizers_lib.apply_group_gradients(
+        groups, optimizers, [tf.ones([2]), tf.constant([1.0, np.inf])]
+    )
+    np.testing.assert_array_equal(base.numpy(), [0.0, 0.0])
+    np.testing.assert_array_equal(context.numpy(), [0.0, 0.0])
+    assert [float(o.dynamic_scale) for o in optimizers] == [2.0**14, 2.0**14]
+    scale = float(optimizers[0].dynamic_scale)
+    optimizers_lib.apply_group_gradients(groups, optimizers, [tf.fill([2], 2.0 * scale)] * 2)
     np.testing.assert_allclose(base.numpy(), [-0.2, -0.2], rtol=1e-6)
     np.testing.assert_allclose(context.numpy(), [-0.02, -0.02], rtol=1e-6)
     assert [int(o.iterations) for o in optimizers] == [1, 1]
 
 
 def test_variable_groups_follow_the_flags_and_cover_every_trainable_variable():
-    _parsed_flags()
     learned = config.build_ciss_net(8, "tiny")
     pmap = config.build_ciss_net(8, "tiny", "pmap")
     for model in (learned, pmap):
         model(tf.zeros([1, 33, 33, 3]), num_steps=1)
 
-    def names(model, **overrides):
-        with flagsaver.flagsaver(base_learning_rate=0.1, context_learning_rate=0.01,
-                                 **overrides):
-            groups = train.variable_groups(model, "ciss")
+    def names(model, unroll_steps, context_net_learning_rate=None):
+        cfg = TrainConfig(
+            model=ModelConfig(preset="tiny", context_mode=model.context_mode), model_dir=None,
+            optimizer=OptimizerConfig(base_learning_rate=0.1, context_learning_rate=0.01,
+                                      context_net_learning_rate=context_net_learning_rate),
+            unroll_steps=unroll_steps,
+        )
+        groups = tasks.CissTask(cfg, None).variable_groups(model)
         ids = [id(v) for g in groups for v in g.variables]
         assert len(ids) == len(set(ids))
         return {g.name: ({id(v) for v in g.variables}, g.learning_rate) for g in groups}
@@ -427,14 +427,16 @@ def test_variable_groups_follow_the_flags_and_cover_every_trainable_variable():
         "context": (ids(learned.bias_net), 0.01),
         "context_net": (ids(learned.context_net), 0.003),
     }
-    # T = 0: the others get no gradient, so they get no optimizer.
-    assert names(learned, unroll_steps=0) == {"base": (ids(learned.base_net), 0.1)}
+    # T = 0 (the Baseline: no Context Net acts): the others get no gradient, so they get no
+    # optimizer.
+    assert names(pmap, unroll_steps=0) == {"base": (ids(pmap.base_net), 0.1)}
     # No Context Net: its rate has nothing to apply to.
     assert names(pmap, unroll_steps=2, context_net_learning_rate=0.003) == {
         "base": (ids(pmap.base_net), 0.1), "context": (ids(pmap.bias_net), 0.01),
     }
-    with flagsaver.flagsaver(base_learning_rate=0.1):
-        [group] = train.variable_groups(learned, "pspnet")
+    stage1 = TrainConfig(model=ModelConfig(stage="pspnet", preset="tiny"), model_dir=None,
+                         optimizer=OptimizerConfig(base_learning_rate=0.1))
+    [group] = tasks.PSPNetTask(stage1, None).variable_groups(learned)
     assert {id(v) for v in group.variables} == everything and group.learning_rate == 0.1
 
 
@@ -494,10 +496,8 @@ def test_tensorboard_panel_shows_the_labels_evaluation_scores():
     model = varied_tiny_net(info.num_classes)
     images = tf.random.stateless_normal([1, 37, 53, 3], seed=[4, 2], stddev=60.0)
     preview = {"image": images, "label": tf.zeros([1, 37, 53], tf.int32)}
-    if not train.FLAGS.is_parsed():
-        train.FLAGS.mark_as_parsed()
-    with flagsaver.flagsaver(unroll_steps=2):
-        panel = train._image_panel(SimpleNamespace(model=model, info=info), preview)
+    cfg = TrainConfig(model=ModelConfig(preset="tiny"), model_dir=None, unroll_steps=2)
+    panel = tasks.CissTask(cfg, info).image_panel(model, preview)
     expected = inference.Segmenter(model, (0, 1, 2)).labels(images).numpy()[:, 0]
     assert panel.shape == (3, 37, 4 * 53, 3)
     for t in range(3):

@@ -25,33 +25,12 @@ then be a multiple of `n`, as `step * global_batch` is.
 
 import tensorflow as tf
 
-from ciss_tf.data import tfrecord
+from ciss_tf.data import preprocessing, tfrecord
 from ciss_tf.data.tfrecord import IGNORE_LABEL
-
-MEAN_RGB = (123.68, 116.779, 103.939)
 
 _RNG_ALG = "philox"
 _ORDER_KEY = 1
 _AUGMENT_KEY = 2
-
-
-def normalize_image(image: tf.Tensor) -> tf.Tensor:
-    """Caffe-style input: RGB minus the ImageNet means, then channels flipped to BGR.
-
-    Args:
-        image: uint8 or float RGB tensor [..., 3] (batched or not).
-
-    Returns:
-        float32 BGR tensor of the same shape; no division by a std.
-    """
-    rgb = tf.cast(image, tf.float32) - tf.constant(MEAN_RGB, tf.float32)
-    return tf.reverse(rgb, axis=[-1])
-
-
-def denormalize_image(x: tf.Tensor) -> tf.Tensor:
-    """Inverse of `normalize_image`, rounded and clipped to a uint8 RGB tensor [..., 3]."""
-    rgb = tf.reverse(tf.cast(x, tf.float32), axis=[-1]) + tf.constant(MEAN_RGB, tf.float32)
-    return tf.cast(tf.clip_by_value(tf.round(rgb), 0.0, 255.0), tf.uint8)
 
 
 def split_file_pattern(data_dir: str, split: str) -> str:
@@ -161,7 +140,7 @@ def train_dataset(
     def prepare(sample_id, serialized):
         example = _decode(serialized, num_classes, ignore_label)
         image, label = augment(
-            normalize_image(example["image"]),
+            preprocessing.normalize_image(example["image"]),
             example["label"],
             seed=_fold(augment_seed, sample_id),
             crop_size=crop_size,
@@ -204,8 +183,7 @@ def augment(
         tf.random.experimental.stateless_split(seed, 4, alg=_RNG_ALG)
     )
     scale = tf.random.stateless_uniform([], scale_seed, min_scale, max_scale, alg=_RNG_ALG)
-    size = tf.cast(tf.shape(label), tf.float32)
-    new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+    new_size = preprocessing.scaled_size(tf.shape(label), scale)
     image = tf.image.resize(image, new_size, method="bilinear")
     label = tf.image.resize(label[..., None], new_size, method="nearest")[..., 0]
 
@@ -255,7 +233,7 @@ def eval_dataset(
 
     def prepare(serialized):
         example = _decode(serialized, num_classes, ignore_label)
-        image = normalize_image(example["image"])
+        image = preprocessing.normalize_image(example["image"])
         label = example["label"]
         size = tf.shape(label)
         pad = (-size) % pad_to_multiple

@@ -1,0 +1,141 @@
+"""What the commands share: common flags, their `ModelConfig`, the tools' parser.
+
+The inference tools parse flagfiles with `parse_flags` and report bad input through
+`run_tool`.
+
+Commands only: library code takes configs (`config.ModelConfig`, `training.config`,
+`evaluation.evaluator.EvalConfig`), never flags. Importing this module defines the common
+flags in `absl.flags.FLAGS`.
+"""
+
+import itertools
+import math
+import sys
+
+import tensorflow as tf
+from absl import app, flags
+
+from ciss_tf import cli, config
+from ciss_tf.backbone import STEMS
+from ciss_tf.config import PRESETS
+from ciss_tf.model import CONTEXT_MODES
+
+flags.DEFINE_enum("preset", "resnet50", list(PRESETS), "Network size (see ciss_tf/config.py).")
+flags.DEFINE_enum(
+    "context_mode", "learned", list(CONTEXT_MODES),
+    "learned: CiSS-Net; pmap: every action 1 (Baseline + p-map); none: all-uncertain context "
+    "(capacity-matched control); random: every action Bernoulli(--random_keep_rate), in "
+    "training and evaluation (a gate that keeps context without choosing where).",
+)
+flags.DEFINE_float(
+    "random_keep_rate", None,
+    "--context_mode=random: share of pixels kept as context, in (0, 1] (e.g. the share "
+    "CiSS-Net's sampled gate keeps at the end of its training).",
+)
+flags.DEFINE_enum(
+    "stem", "deep", list(STEMS),
+    "Backbone stem: deep (three 3x3 convs, PSPNet, SPEC.md) or resnet (one 7x7 conv, needed "
+    "to start from Keras ImageNet ResNet weights). Both stages must use the same stem.",
+)
+flags.DEFINE_enum(
+    "context_encoder_norm", "group", list(config.CONTEXT_ENCODER_NORMS),
+    "Normalisation of the Context Net's p-map pyramid branches: group (the paper: GroupNorm "
+    "in every head layer) or batch (the authors' code). A checkpoint is read with the value "
+    "it was trained with.",
+)
+flags.DEFINE_float("dropout", 0.1, "Dropout rate of the heads.")
+flags.DEFINE_string(
+    "dataset", "synthetic",
+    "Dataset name (cityscapes, ade20k, pascal_context, camvid, synthetic): sets the classes, "
+    "their names and palette.",
+)
+flags.DEFINE_string("data_dir", None, "Folder of TFRecord shards written by data_prep.")
+flags.DEFINE_float(
+    "input_scale", 1.0,
+    "Inference (evaluation, prediction, serving, the trainer's evaluation and image panels): "
+    "each image is resized by this factor before the network and the outputs back to the "
+    "image size; the scale the model was trained at (0.5 in the CamVid flagfiles).",
+)
+flags.register_validator(
+    "input_scale", lambda value: math.isfinite(value) and value > 0,
+    message="--input_scale must be a positive number",
+)
+
+
+
+def model_config(stage, flag_values=flags.FLAGS):
+    """The `config.ModelConfig` of stage `stage` ("pspnet" or "ciss") that the flags give.
+
+    Raises:
+      ValueError: a flag value the model cannot take (the message names the flag).
+    """
+    return config.ModelConfig(
+        stage=stage, preset=flag_values.preset, context_mode=flag_values.context_mode,
+        random_keep_rate=flag_values.random_keep_rate, stem=flag_values.stem,
+        context_encoder_norm=flag_values.context_encoder_norm, dropout=flag_values.dropout,
+    )
+
+
+def parse_flags(argv):
+    """Flags parser of the inference tools: skips foreign flags in flagfiles.
+
+    The tools read an experiment's flagfile (`--flagfile=FILE` or `--flagfile FILE`), which
+    also holds training flags; those are dropped (flags given on the command line itself
+    must all be known). Pass it to `app.run(main, flags_parser=parse_flags)`.
+
+    Args:
+      argv: the full command line, program name first.
+
+    Returns:
+      The arguments left after parsing, program name first.
+    """
+    flag_values = flags.FLAGS
+    kept = []
+    args = iter(argv[1:])
+    try:
+        for arg in args:
+            name = arg.lstrip("-")
+            if name.startswith("flagfile="):
+                directive = [arg]
+            elif name == "flagfile":
+                # `--flagfile FILE`: absl takes the next argument as the file.
+                directive = [arg, *itertools.islice(args, 1)]
+            else:
+                kept.append(arg)
+                continue
+            expanded = flag_values.read_flags_from_files(directive, force_gnu=False)
+            kept.extend(a for a in expanded if _is_defined(a, flag_values))
+        return flag_values([argv[0], *kept])
+    except flags.Error as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def _is_defined(arg, flag_values):
+    """Whether `--name[=value]` (or `--noname`) names a flag of `flag_values`."""
+    if not arg.startswith("-"):
+        return True
+    name = arg.lstrip("-").split("=", 1)[0]
+    return name in flag_values or (name.startswith("no") and name[2:] in flag_values)
+
+
+def run_tool(define_flags, body):
+    """Runs an inference tool: its flags, `body()`, and one `error:` line on bad input.
+
+    Args:
+      define_flags: defines the tool's flags (not done at import, see `evaluate`).
+      body: the tool itself, reading the parsed flags.
+    """
+
+    def main(argv):
+        if len(argv) > 1:
+            sys.exit(f"error: unexpected arguments {' '.join(argv[1:])}")
+        try:
+            body()
+        except (ValueError, OSError) as error:
+            sys.exit(f"error: {error}")
+        except tf.errors.OpError as error:
+            sys.exit(f"error: {error.message.strip().splitlines()[0]}")
+
+    define_flags()
+    cli.list_flags_in_help(define_flags.__module__, __name__)
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,1 @@
+"""Training: configs, tasks (what a stage trains), optimizers, the generic trainer."""

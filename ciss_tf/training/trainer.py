@@ -1,0 +1,288 @@
+"""The generic trainer: strategy, distributed step, checkpoints, resume, logging.
+
+`train(cfg)` runs a `TrainConfig` with the task of its stage (`tasks.make_task`): one
+custom `tf.function` step run with `strategy.run` (forward, the task's loss plus weight
+decay, backward, one optimizer per learning-rate group), progress lines, TensorBoard
+summaries, periodic evaluation and checkpoints.
+
+Re-running the same config resumes from the latest checkpoint in `model_dir`: model, every
+group's optimizer and step are restored, and the input stream restarts at element
+`step * batch_size` (the pipeline's randomness is keyed by element index, so the resumed
+stream equals the uninterrupted one). A non-finite loss stops training before any
+checkpoint of the diverged weights is written.
+"""
+
+import collections
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from ciss_tf import checkpoints
+from ciss_tf.data import datasets, input_pipeline
+from ciss_tf.evaluation import evaluator
+from ciss_tf.training import optimizers, summaries, tasks
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def make_strategy(name, num_cpu_devices):
+    """The `tf.distribute` strategy called `name` (call before any other TF op)."""
+    if num_cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * num_cpu_devices
+        )
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+    if gpus and (name == "mirrored" or len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    if num_cpu_devices > 1 or name == "mirrored":
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus)
+    return tf.distribute.get_strategy()
+
+
+class Trainer:
+    """Owns the model, optimizers, checkpoint and the distributed train step of a task."""
+
+    def __init__(self, strategy, task):
+        cfg = task.cfg
+        self.strategy = strategy
+        self.task = task
+        self.cfg = cfg
+        self.info = task.info
+        self.global_batch = cfg.data.batch_size
+        if self.global_batch % strategy.num_replicas_in_sync:
+            raise ValueError(
+                f"--batch_size={self.global_batch} is not divisible by the "
+                f"{strategy.num_replicas_in_sync} replicas"
+            )
+        with strategy.scope():
+            self.model = task.build_model()
+            self.groups = task.variable_groups(self.model)
+            self.variables = [v for group in self.groups for v in group.variables]
+            self.optimizers = optimizers.make_group_optimizers(
+                self.groups, cfg.optimizer, cfg.max_steps,
+                loss_scaling=cfg.mixed_precision == "mixed_float16",
+            )
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.replica_fn = (
+            tf.function(self.replica_step, jit_compile=True) if cfg.jit_compile
+            else self.replica_step
+        )
+        self.checkpoint = tf.train.Checkpoint(
+            model=checkpoints.model_variables(self.model), step=self.step,
+            **optimizers.checkpoint_optimizers(self.groups, self.optimizers),
+        )
+
+    def replica_step(self, batch):
+        """Forward, the task's loss, backward and update on one replica's batch."""
+        with tf.GradientTape() as tape:
+            outputs = self.task.forward(self.model, batch, training=True)
+            terms = self.task.loss(outputs, batch["label"], self.global_batch)
+            # Replica gradients are summed: each replica carries 1/N of the decay.
+            decay = (optimizers.weight_decay_loss(self.variables, self.cfg.optimizer)
+                     / self.strategy.num_replicas_in_sync)
+            loss = terms["total"] + decay
+            # The groups' loss scales are equal (see `make_group_optimizers`): one scales.
+            scaled = (
+                self.optimizers[0].scale_loss(loss)
+                if isinstance(self.optimizers[0], keras.optimizers.LossScaleOptimizer) else loss
+            )
+        gradients = tape.gradient(scaled, self.variables)
+        optimizers.apply_group_gradients(self.groups, self.optimizers, gradients)
+        terms["weight_decay"] = decay
+        return terms
+
+    @tf.function
+    def train_step(self, iterator):
+        """One distributed step; returns the terms summed over replicas (global means)."""
+        per_replica = self.strategy.run(self.replica_fn, args=(next(iterator),))
+        self.step.assign_add(1)
+        return {
+            name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+            for name, value in per_replica.items()
+        }
+
+    def dataset(self, start_index):
+        """The distributed training stream starting at global element `start_index`."""
+        data = self.cfg.data
+        pattern = input_pipeline.split_file_pattern(data.data_dir, self.info.train_split)
+
+        def dataset_fn(input_context):
+            return input_pipeline.train_dataset(
+                pattern, crop_size=data.crop_size, batch_size=self.global_batch,
+                seed=self.cfg.seed, num_classes=self.info.num_classes,
+                min_scale=data.min_scale, max_scale=data.max_scale,
+                ignore_label=self.info.ignore_label, start_index=start_index,
+                input_context=input_context,
+            )
+
+        return self.strategy.distribute_datasets_from_function(dataset_fn)
+
+    def weights_are_finite(self):
+        """True when every model variable is finite (checked before each save)."""
+        return all(
+            bool(tf.reduce_all(tf.math.is_finite(v)))
+            for v in self.model.variables if tf.as_dtype(v.dtype).is_floating
+        )
+
+    def restore_or_initialize(self, model_dir):
+        """Resumes from the latest checkpoint of `model_dir`, else lets the task initialise."""
+        # Every worker resumes from the chief's checkpoint: the other workers' scratch copies
+        # may be missing (local disks) or one save behind, and replicas must start equal.
+        latest = tf.train.latest_checkpoint(model_dir)
+        if not latest:
+            self.task.initialize(self.model)
+            return
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError) as error:
+            raise ValueError(
+                f"{latest} does not match this model (another {checkpoints.MISMATCH_SUSPECTS}? "
+                f"other learning-rate groups: --context_net_learning_rate, --unroll_steps=0, "
+                f"or stage 2 from before each group had its own optimizer?); use a new "
+                f"--model_dir. "
+                f"{str(error).splitlines()[0][:200]}"
+            ) from None
+        logging.info("Resumed from %s at step %d", latest, int(self.step.numpy()))
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )
+
+
+def _checkpoint_dir(strategy, model_dir):
+    """Chief writes to model_dir; other workers to a scratch folder (TF's documented pattern)."""
+    if _is_chief(strategy):
+        return model_dir
+    return os.path.join(model_dir, "workers", f"worker_{strategy.cluster_resolver.task_id}")
+
+
+def _preview_batch(info, data_dir):
+    """The first image of the eval split (else train), fixed for the whole run."""
+    for split in (info.eval_split, info.train_split):
+        try:
+            pattern = input_pipeline.split_file_pattern(data_dir, split)
+        except FileNotFoundError:
+            continue
+        dataset = input_pipeline.eval_dataset(pattern, num_classes=info.num_classes)
+        return next(iter(dataset))
+    return None
+
+
+def train(cfg):
+    """Runs the training `cfg` (a `TrainConfig`) says; returns the final step's loss terms."""
+    if cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(cfg.strategy, cfg.num_cpu_devices)
+    keras.utils.set_random_seed(cfg.seed)
+    if cfg.mixed_precision != "float32":
+        keras.mixed_precision.set_global_policy(cfg.mixed_precision)
+    info = datasets.get_dataset_info(cfg.data.dataset)
+    task = tasks.make_task(cfg, info)
+    trainer = Trainer(strategy, task)
+    model_dir = cfg.model_dir
+    manager = tf.train.CheckpointManager(
+        trainer.checkpoint, _checkpoint_dir(strategy, model_dir), cfg.max_to_keep,
+        step_counter=trainer.step,
+    )
+    trainer.restore_or_initialize(model_dir)
+
+    start = int(trainer.step.numpy())
+    iterator = iter(trainer.dataset(start * trainer.global_batch))
+    chief = _is_chief(strategy)
+    if chief:
+        checkpoints.write_model_config(trainer.model, model_dir)
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "train")) if chief else None
+    preview = (_preview_batch(info, cfg.data.data_dir)
+               if chief and task.has_image_panel and cfg.image_summary_every else None)
+    terms, tick, tick_step, started = {}, time.time(), start, time.time()
+    earlier_seconds = (
+        (summaries.read_summary(model_dir) or {}).get("seconds", 0.0) if chief else 0.0
+    )
+    recent = collections.deque(maxlen=summaries.SUMMARY_WINDOW)
+    last_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+    for step in range(start + 1, last_step + 1):
+        terms = {name: float(value) for name, value in trainer.train_step(iterator).items()}
+        recent.append(terms)
+        if not math.isfinite(terms["total"]):
+            raise NonFiniteLossError(
+                f"loss is {terms['total']} at step {step}; stopping without saving (last "
+                f"good checkpoint: {manager.latest_checkpoint}). Lower the learning rate?"
+            )
+        if step % cfg.log_every == 0 or step == last_step:
+            now = time.time()
+            steps_per_second = (step - tick_step) / max(now - tick, 1e-9)
+            remaining = (cfg.max_steps - step) / max(steps_per_second, 1e-9)
+            logging.info(
+                "step %d/%d  loss %.4f  %s  %.2f img/s  eta %s", step, cfg.max_steps,
+                terms["total"],
+                "  ".join(f"{k} {v:.4g}" for k, v in sorted(terms.items()) if k != "total"),
+                steps_per_second * trainer.global_batch,
+                summaries.format_seconds(remaining),
+            )
+            if writer is not None:
+                summaries.write_scalars(writer, trainer, terms, step, steps_per_second)
+            tick, tick_step = now, step
+        if preview is not None and (
+            step % cfg.image_summary_every == 0 or step == cfg.max_steps
+        ):
+            panel = task.image_panel(trainer.model, preview)
+            with writer.as_default(step=step):
+                tf.summary.image("steps/input_gt_pmap_context", panel, max_outputs=len(panel))
+        if cfg.eval_every and step % cfg.eval_every == 0 and chief:
+            _evaluate(trainer, step)
+        if step % cfg.checkpoint_every == 0 or step == last_step:
+            if not trainer.weights_are_finite():
+                raise NonFiniteLossError(
+                    f"non-finite weights at step {step}; checkpoint not written"
+                )
+            manager.save(checkpoint_number=step)
+            if chief:
+                summaries.write_summary(
+                    model_dir, step, cfg.max_steps, earlier_seconds + time.time() - started,
+                    recent,
+                )
+    if writer is not None:
+        writer.flush()
+    logging.info("Done: %d steps in %s", last_step - start,
+                 summaries.format_seconds(time.time() - started))
+    return terms
+
+
+def _evaluate(trainer, step):
+    info = trainer.info
+    pattern = input_pipeline.split_file_pattern(trainer.cfg.data.data_dir, info.eval_split)
+    dataset = input_pipeline.eval_dataset(pattern, num_classes=info.num_classes).take(
+        trainer.cfg.eval_images
+    )
+    results = evaluator.evaluate_model(
+        trainer.model, dataset, num_classes=info.num_classes,
+        eval_steps=trainer.task.eval_steps, scales=(trainer.cfg.input_scale,),
+    )
+    writer = tf.summary.create_file_writer(os.path.join(trainer.cfg.model_dir, "eval"))
+    with writer.as_default(step=step):
+        for t, scores in results["steps"].items():
+            tf.summary.scalar(f"miou/t{t}", scores["miou"])
+            tf.summary.scalar(f"pixel_accuracy/t{t}", scores["pixel_accuracy"])
+    writer.flush()
+    logging.info(
+        "eval at step %d: %s", step,
+        "  ".join(f"t={t} mIoU {s['miou']:.4f}" for t, s in results["steps"].items()),
+    )
