@@ -18,12 +18,16 @@ Every conv is followed by batch norm (epsilon 1e-5 with the deep stem); convs ca
 Padding is explicit and symmetric so that weights converted from caffe give the same outputs.
 Depths and widths are parameters: ResNet-50 is `depths=(3, 4, 6, 3)`, ResNet-101
 `(3, 4, 23, 3)`, both with `width=64` and `stem_widths=(64, 64, 128)`.
+
+Inference rewrites and weight importers reach the convs through `DilatedResNet.stem_units`,
+`blocks` and `named_units`, `Bottleneck.units` and `projection`, and `ConvBN.folded` and
+`conv_weights`, never through the layers' attributes.
 """
 
 import keras
 import tensorflow as tf
 
-from ciss_tf.ppm import make_norm
+from ciss_tf import ppm
 
 EXPANSION = 4
 STEMS = ("deep", "resnet")
@@ -33,22 +37,43 @@ _STAGE_STRIDES = (1, 2, 1, 1)
 _STAGE_DILATIONS = (1, 1, 2, 4)
 
 
-class _ConvBN(keras.layers.Layer):
-    """Conv (no bias, symmetric explicit padding) + batch norm + optional ReLU."""
+class ConvBN(keras.layers.Layer):
+    """Conv (no bias, symmetric explicit padding) + batch norm + optional ReLU.
+
+    The unit that inference rewrites and weight importers work on.
+
+    Attributes:
+      stride: the conv's stride (both axes).
+      dilation: the conv's dilation rate (both axes).
+      pad: the zero padding on each side, `dilation * (kernel_size - 1) // 2`.
+      relu: whether a ReLU follows the batch norm.
+    """
 
     def __init__(self, filters, kernel_size, stride=1, dilation=1, relu=True, epsilon=1e-5,
                  **kwargs):
         super().__init__(**kwargs)
+        self.stride = stride
+        self.dilation = dilation
         self.relu = relu
         self.pad = dilation * (kernel_size - 1) // 2
         self.conv = keras.layers.Conv2D(
             filters, kernel_size, strides=stride, dilation_rate=dilation, padding="valid",
             use_bias=False, name="conv",
         )
-        self.bn = make_norm("batch", filters, name="bn")
+        self.bn = ppm.make_norm("batch", filters, name="bn")
         # make_norm has PSPNet's 1e-5; layers that take Keras ImageNet weights need Keras's.
         self.bn.epsilon = epsilon
 
+    def folded(self):
+        """The conv with the batch norm (inference mode) folded in: float64 `(kernel, bias)`.
+
+        `relu?(conv(pad(x), kernel, stride, dilation) + bias)` equals the layer's output.
+        """
+        return ppm.fold_conv_norm(self.conv, self.bn)
+
+    def conv_weights(self):
+        """The `ConvWeights` (kernel and batch norm) that importers assign."""
+        return ppm.conv_weights(self.conv, self.bn)
 
     def call(self, x, training=False):
         if self.pad:
@@ -57,26 +82,34 @@ class _ConvBN(keras.layers.Layer):
         return tf.nn.relu(x) if self.relu else x
 
 
-class _Bottleneck(keras.layers.Layer):
+class Bottleneck(keras.layers.Layer):
     """ResNet v1 bottleneck; the stride sits on the first 1x1 conv or on the 3x3 conv."""
 
     def __init__(self, width, stride, dilation, project, epsilon, stride_on="1x1", **kwargs):
         super().__init__(**kwargs)
         reduce_stride, conv3x3_stride = (stride, 1) if stride_on == "1x1" else (1, stride)
-        self.reduce = _ConvBN(width, 1, stride=reduce_stride, epsilon=epsilon, name="1x1_reduce")
-        self.conv3x3 = _ConvBN(
+        self.reduce = ConvBN(width, 1, stride=reduce_stride, epsilon=epsilon, name="1x1_reduce")
+        self.conv3x3 = ConvBN(
             width, 3, stride=conv3x3_stride, dilation=dilation, epsilon=epsilon, name="3x3"
         )
-        self.increase = _ConvBN(
+        self.increase = ConvBN(
             width * EXPANSION, 1, relu=False, epsilon=epsilon, name="1x1_increase"
         )
         self.proj = (
-            _ConvBN(
+            ConvBN(
                 width * EXPANSION, 1, stride=stride, relu=False, epsilon=epsilon, name="1x1_proj"
             )
             if project else None
         )
 
+    def units(self):
+        """The residual branch's `ConvBN` units in order: 1x1 reduce, 3x3, 1x1 increase."""
+        return self.reduce, self.conv3x3, self.increase
+
+    @property
+    def projection(self):
+        """The shortcut's `ConvBN` (1x1, no ReLU), or None where the shortcut is the input."""
+        return self.proj
 
     def call(self, x, training=False):
         shortcut = x if self.proj is None else self.proj(x, training=training)
@@ -85,6 +118,12 @@ class _Bottleneck(keras.layers.Layer):
         y = self.increase(y, training=training)
         return tf.nn.relu(y + shortcut)
 
+
+def stem_pool(x):
+    """The 3x3 max pool with stride 2 and padding 1 between the stem and res2."""
+    # Inputs are post-ReLU (>= 0), so zero padding equals caffe's -inf padding here.
+    x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
+    return tf.nn.max_pool2d(x, 3, 2, "VALID")
 
 
 @keras.saving.register_keras_serializable(package="ciss_tf")
@@ -128,17 +167,17 @@ class DilatedResNet(keras.layers.Layer):
         if stem == "deep":
             epsilon = 1e-5
             self.stem = [
-                _ConvBN(w, 3, stride=2 if i == 0 else 1, name=f"conv1_{i + 1}_3x3")
+                ConvBN(w, 3, stride=2 if i == 0 else 1, name=f"conv1_{i + 1}_3x3")
                 for i, w in enumerate(self.stem_widths)
             ]
         else:
             epsilon = KERAS_BN_EPSILON
-            self.stem = [_ConvBN(width, 7, stride=2, epsilon=epsilon, name="conv1_7x7")]
+            self.stem = [ConvBN(width, 7, stride=2, epsilon=epsilon, name="conv1_7x7")]
         self.stages = []
         for stage, depth in enumerate(self.depths):
             stage_width = width * 2**stage
             self.stages.append([
-                _Bottleneck(
+                Bottleneck(
                     stage_width,
                     stride=_STAGE_STRIDES[stage] if block == 0 else 1,
                     dilation=_STAGE_DILATIONS[stage],
@@ -155,15 +194,36 @@ class DilatedResNet(keras.layers.Layer):
         """Channels of res4 and res5."""
         return self.width * 4 * EXPANSION, self.width * 8 * EXPANSION
 
+    def stem_units(self):
+        """The stem's `ConvBN` units in order (then comes `stem_pool`)."""
+        return list(self.stem)
+
+    def blocks(self):
+        """The `Bottleneck` blocks of res2..res5 in order (res5's last block gives res5)."""
+        return [block for blocks in self.stages for block in blocks]
+
+    def named_units(self):
+        """Every `ConvBN` with its path in the backbone, the names weight importers map.
+
+        The paths follow the official PSPNet's Caffe layer names: the stem's
+        (`conv1_1_3x3`, ... or `conv1_7x7`), then per block `conv{s}_{b}/1x1_proj` (first
+        blocks only), `conv{s}_{b}/1x1_reduce`, `conv{s}_{b}/3x3`, `conv{s}_{b}/1x1_increase`.
+
+        Returns:
+          A list of `(path, ConvBN)`, stem first, then the blocks in order.
+        """
+        named = [(unit.name, unit) for unit in self.stem]
+        for block in self.blocks():
+            shortcut = [] if block.projection is None else [block.projection]
+            named += [(f"{block.name}/{unit.name}", unit) for unit in [*shortcut, *block.units()]]
+        return named
 
     def call(self, images, training=False):
         training = training and not self.freeze_bn
         x = images
         for layer in self.stem:
             x = layer(x, training=training)
-        # Inputs are post-ReLU (>= 0), so zero padding equals caffe's -inf padding here.
-        x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])
-        x = tf.nn.max_pool2d(x, 3, 2, "VALID")
+        x = stem_pool(x)
         outputs = []
         for blocks in self.stages:
             for block in blocks:

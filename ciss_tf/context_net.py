@@ -31,6 +31,10 @@ class ContextNet(keras.layers.Layer):
       dropout: dropout rate.
       norm: normalisation of the pyramid branches: "group" (the paper: GroupNorm in every
         head layer) or "batch" (the authors' code).
+
+    Attributes:
+      encoder: the `PyramidPooling` of the p-map (the branches of `E`).
+      trunk: the `ContextTrunk` over `[X, E]`.
     """
 
     def __init__(self, num_classes, feature_channels, channels=512, branch_channels=64,
@@ -55,8 +59,12 @@ class ContextNet(keras.layers.Layer):
         """`E` for a p-map of class probabilities `[B, h, w, Nc]`."""
         return tf.concat([probabilities, self.encoder(probabilities, training=training)], -1)
 
+    def policy_logits(self, z):
+        """The policy logits `[B, h, w, 2]` (float32) from the trunk's output `z`."""
+        return tf.cast(self.policy_head(z), tf.float32)
+
     def _heads(self, z):
-        policy_logits = tf.cast(self.policy_head(z), tf.float32)
+        policy_logits = self.policy_logits(z)
         value = tf.cast(self.value_head(z)[..., 0], tf.float32)
         return policy_logits, value
 

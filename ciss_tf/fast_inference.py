@@ -2,10 +2,12 @@
 
 `FastCissNet(model)` reads the weights of a trained `CissNet` and runs the unrolled greedy
 inference of SPEC.md section 2 with these rewrites, each an algebraic identity (results
-differ from the plain model by float32 rounding only; the tests bound it):
+differ from the plain model by float32 rounding only; the tests bound it). It reaches the
+model's layers only through their public hooks (`ConvBN.folded`, `Bottleneck.units`,
+`DilatedResNet.blocks`, `PyramidPooling.project`, `ContextTrunk.feature_kernel`, ...).
 
-1. **Batch norm folded.** The frozen feature net's batch norms become a scale of the conv
-   kernel and a bias:
+1. **Batch norm folded** (`ppm.fold_batch_norm`). The frozen feature net's batch norms
+   become a scale of the conv kernel and a bias:
    `bn(conv(x, W)) = conv(x, W * s) + (beta - mean * s)` with `s = gamma / sqrt(var + eps)`.
 2. **X never materialised.** `X = [res5, up(p6), up(p3), up(p2), up(p1)]`: half of its 4096
    channels are bilinear upsamplings of tiny pooled maps (the PPM branches, 1x1 to 6x6).
@@ -24,12 +26,8 @@ differ from the plain model by float32 rounding only; the tests bound it):
 5. **Nothing that greedy inference does not use.** No dropout, no value head, no bootstrap.
 6. **Winograd F(4x4, 3x3)** (`winograd=True`, float32, inputs of a static size): the wide
    stride-1 3x3 convs (at least `winograd_min_channels` inputs: res5's, the fused conv over
-   res5, the trunks' inner convs) as 36 matrix products on transformed 6x6 tiles,
-   `conv3x3(x, g) = A^T [(G g G^T) * (B^T d B)] A` per tile (Lavin and Gray, 2016): 2.25
-   multiplications per output instead of 9. Dilated convs (res5's, dilation 4) split the
-   map into its dilation phases first, where they become plain 3x3 convs. The tile
-   transforms are additions only and run as XLA-fused kernels; the products stay TF
-   matmuls. Rounding grows to ~1e-5 relative per conv (the tests bound it).
+   res5, the trunks' inner convs) by `ciss_tf.winograd`, 2.25 multiplications per output
+   instead of 9. Rounding grows to ~1e-5 relative per conv (the tests bound it).
 
 The GroupNorms run as in the model (GroupNorm depends on the data and cannot be folded), and
 so do the encoders' pyramid branches (a few cells each, whatever their norm).
@@ -41,31 +39,9 @@ import numpy as np
 import tensorflow as tf
 
 from ciss_tf import ops
+from ciss_tf.backbone import stem_pool
 from ciss_tf.model import context_actions
-
-
-def fold_batch_norm(kernel, gamma, beta, mean, variance, epsilon):
-    """Folds an inference-mode batch norm into the preceding bias-free conv.
-
-    Args:
-      kernel: conv kernel `[..., C_in, C_out]`.
-      gamma, beta, mean, variance: batch-norm parameters `[C_out]` (gamma None = 1,
-        beta None = 0).
-      epsilon: the batch norm's epsilon.
-
-    Returns:
-      `(kernel, bias)` as float64 NumPy arrays such that
-      `conv(x, kernel) + bias == bn(conv(x, kernel_in))`.
-    """
-    kernel = np.asarray(kernel, np.float64)
-    mean = np.asarray(mean, np.float64)
-    scale = 1.0 / np.sqrt(np.asarray(variance, np.float64) + epsilon)
-    if gamma is not None:
-        scale = scale * np.asarray(gamma, np.float64)
-    bias = -mean * scale
-    if beta is not None:
-        bias = bias + np.asarray(beta, np.float64)
-    return kernel * scale, bias
+from ciss_tf.winograd import winograd_conv3x3, winograd_kernel
 
 
 def shifted_interpolation(source_size, target_size):
@@ -124,131 +100,6 @@ def conv3x3_of_upsampled(pooled, kernel, size):
                              [batch, 3 * grid_h, -1])  # [B, (dy, i), (W, O)]
     rows = _flat_taps(shifted_interpolation(grid_h, height), dtype)  # [H, (dy, i)]
     return tf.reshape(tf.matmul(rows, along_width), [batch, height, width, outputs])
-
-
-# F(4x4, 3x3): 6x6 input tiles -> 4x4 output tiles (Lavin and Gray, "Fast Algorithms for
-# Convolutional Neural Networks", 2016, section 4.2), interpolation points 0, +-1, +-2.
-_TILE = 4
-_ALPHA = _TILE + 2
-_WINOGRAD_BT = np.array([
-    [4, 0, -5, 0, 1, 0],
-    [0, -4, -4, 1, 1, 0],
-    [0, 4, -4, -1, 1, 0],
-    [0, -2, -1, 2, 1, 0],
-    [0, 2, -1, -2, 1, 0],
-    [0, 4, 0, -5, 0, 1],
-], np.float64)
-_WINOGRAD_G = np.array([
-    [1 / 4, 0, 0],
-    [-1 / 6, -1 / 6, -1 / 6],
-    [-1 / 6, 1 / 6, -1 / 6],
-    [1 / 24, 1 / 12, 1 / 6],
-    [1 / 24, -1 / 12, 1 / 6],
-    [0, 0, 1],
-])
-_WINOGRAD_AT = np.array([
-    [1, 1, 1, 1, 1, 0],
-    [0, 1, -1, 2, -2, 0],
-    [0, 1, 1, 4, 4, 0],
-    [0, 1, -1, 8, -8, 1],
-], np.float64)
-
-
-def winograd_kernel(kernel):
-    """`G g G^T` of every (input, output) channel pair of a 3x3 kernel.
-
-    Args:
-      kernel: `[3, 3, C, O]`.
-
-    Returns:
-      float64 `[36, C, O]`, tile position major (row, then column).
-    """
-    kernel = np.asarray(kernel, np.float64)
-    transformed = np.einsum("ai,ijco,bj->abco", _WINOGRAD_G, kernel, _WINOGRAD_G)
-    return transformed.reshape(_ALPHA * _ALPHA, *kernel.shape[2:])
-
-
-def _combine(parts, coefficients):
-    """`sum_k coefficients[k] * parts[k]`, skipping zeros (the transforms are sparse)."""
-    total = None
-    for c, part in zip(coefficients, parts, strict=True):
-        if c == 0:
-            continue
-        term = part if c == 1 else -part if c == -1 else part * c
-        total = term if total is None else total + term
-    return total
-
-
-def _transform_axis(z, axis, num_tiles, matrix, stride):
-    """Applies `matrix` to the overlapping windows of `z` along `axis` (one per tile)."""
-    def window(offset):
-        index = [slice(None)] * z.shape.rank
-        index[axis] = slice(offset, offset + stride * num_tiles, stride)
-        return z[tuple(index)]
-
-    parts = [window(k) for k in range(matrix.shape[1])]
-    return [_combine(parts, row) for row in matrix]
-
-
-def _phase_grid(height, width, dilation):
-    """Per-phase size and tile counts of a dilated map (each phase a plain 3x3 conv)."""
-    phase_h, phase_w = -(-height // dilation), -(-width // dilation)
-    return phase_h, phase_w, -(-phase_h // _TILE), -(-phase_w // _TILE)
-
-
-@tf.function(jit_compile=True, autograph=False)
-def _winograd_input(x, dilation):
-    """`B^T d B` of every 6x6 tile: 36 maps `[tiles, C]`, one per tile position."""
-    _, height, width, channels = x.shape
-    phase_h, phase_w, tiles_h, tiles_w = _phase_grid(height, width, dilation)
-    if dilation > 1:
-        x = tf.space_to_batch_nd(x, [dilation, dilation], [[0, -height % dilation],
-                                                           [0, -width % dilation]])
-    # One zero row / column of SAME padding in front, enough behind to fill whole tiles.
-    z = tf.pad(x, [[0, 0], [1, _TILE * tiles_h + 1 - phase_h],
-                   [1, _TILE * tiles_w + 1 - phase_w], [0, 0]])
-    rows = _transform_axis(z, 1, tiles_h, _WINOGRAD_BT, _TILE)
-    return [tf.reshape(tile, [-1, channels])
-            for row in rows for tile in _transform_axis(row, 2, tiles_w, _WINOGRAD_BT, _TILE)]
-
-
-@tf.function(jit_compile=True, autograph=False)
-def _winograd_output(products, shape, dilation):
-    """`A^T m A` of the 36 products back to the `[B, H, W, O]` map (inverse of the input)."""
-    batch, height, width, outputs = shape
-    phase_h, phase_w, tiles_h, tiles_w = _phase_grid(height, width, dilation)
-    # Along the tile's rows (index a of products[a * 6 + b]), then along its columns.
-    columns = [products[b::_ALPHA] for b in range(_ALPHA)]
-    partial = [[_combine(column, _WINOGRAD_AT[i]) for column in columns] for i in range(_TILE)]
-    y = tf.stack([tf.stack([_combine(partial[i], _WINOGRAD_AT[j]) for j in range(_TILE)])
-                  for i in range(_TILE)])  # [4 (i), 4 (j), tiles, O]
-    phases = batch * dilation * dilation
-    y = tf.reshape(y, [_TILE, _TILE, phases, tiles_h, tiles_w, outputs])
-    y = tf.reshape(tf.transpose(y, [2, 3, 0, 4, 1, 5]),
-                   [phases, _TILE * tiles_h, _TILE * tiles_w, outputs])[:, :phase_h, :phase_w]
-    if dilation > 1:
-        y = tf.batch_to_space(y, [dilation, dilation], [[0, -height % dilation],
-                                                        [0, -width % dilation]])
-    return y
-
-
-def winograd_conv3x3(x, transformed, dilation=1):
-    """`tf.nn.conv2d(x, g, 1, "SAME", dilations=dilation)` by Winograd F(4x4, 3x3).
-
-    Args:
-      x: float32 `[B, H, W, C]` of a static size (the tile grid is fixed when traced).
-      transformed: `winograd_kernel(g)` as 36 `[C, O]` tensors.
-      dilation: the conv's dilation rate.
-
-    Returns:
-      `[B, H, W, O]`.
-    """
-    if not x.shape[1:].is_fully_defined() or x.shape[0] is None:
-        raise ValueError(f"winograd_conv3x3 needs a static input shape, got {x.shape}")
-    tiles = _winograd_input(x, dilation)
-    products = [tf.matmul(tile, kernel) for tile, kernel in zip(tiles, transformed, strict=True)]
-    shape = (*x.shape[:3], transformed[0].shape[-1])
-    return _winograd_output(products, shape, dilation)
 
 
 def _flat_taps(shifted, dtype):
@@ -313,31 +164,27 @@ class _SameConv(tf.Module):
 
 
 class _FoldedConv(tf.Module):
-    """A conv with batch norm folded in: `relu?(conv(x) + bias)`, explicit symmetric pad."""
+    """A `ConvBN` folded: `relu?(conv(x) + bias)`, explicit symmetric pad."""
 
     def __init__(self, conv_bn, dtype, winograd_min_channels=None):
         super().__init__()
-        conv, bn = conv_bn.conv, conv_bn.bn
-        kernel, bias = fold_batch_norm(
-            conv.kernel.numpy(), _numpy(bn.gamma), _numpy(bn.beta), bn.moving_mean.numpy(),
-            bn.moving_variance.numpy(), bn.epsilon,
-        )
+        kernel, bias = conv_bn.folded()
         self.bias = tf.Variable(bias, dtype=dtype, trainable=False)
-        self.strides = tuple(conv.strides)
+        self.stride = conv_bn.stride
         self.relu = conv_bn.relu
-        if self.strides == (1, 1):
+        if self.stride == 1:
             # Stride 1, odd kernel, pad = dilation * (k - 1) / 2: SAME pads exactly so.
-            self.conv = _SameConv(kernel, dtype, conv.dilation_rate[0], winograd_min_channels)
+            self.conv = _SameConv(kernel, dtype, conv_bn.dilation, winograd_min_channels)
         else:
             self.kernel = tf.Variable(kernel, dtype=dtype, trainable=False)
             pad = conv_bn.pad
             self.padding = [[0, 0], [pad, pad], [pad, pad], [0, 0]] if pad else "VALID"
 
     def __call__(self, x):
-        if self.strides == (1, 1):
+        if self.stride == 1:
             y = self.conv(x)
         else:
-            y = tf.nn.conv2d(x, self.kernel, self.strides, self.padding)
+            y = tf.nn.conv2d(x, self.kernel, self.stride, self.padding)
         y = tf.nn.bias_add(y, self.bias)
         return tf.nn.relu(y) if self.relu else y
 
@@ -345,10 +192,11 @@ class _FoldedConv(tf.Module):
 class _FoldedBottleneck(tf.Module):
     def __init__(self, block, dtype, winograd_min_channels):
         super().__init__()
-        self.reduce = _FoldedConv(block.reduce, dtype)
-        self.conv3x3 = _FoldedConv(block.conv3x3, dtype, winograd_min_channels)
-        self.increase = _FoldedConv(block.increase, dtype)
-        self.proj = None if block.proj is None else _FoldedConv(block.proj, dtype)
+        reduce, conv3x3, increase = block.units()
+        self.reduce = _FoldedConv(reduce, dtype)
+        self.conv3x3 = _FoldedConv(conv3x3, dtype, winograd_min_channels)
+        self.increase = _FoldedConv(increase, dtype)
+        self.proj = None if block.projection is None else _FoldedConv(block.projection, dtype)
 
     def __call__(self, x):
         shortcut = x if self.proj is None else self.proj(x)
@@ -358,10 +206,6 @@ class _FoldedBottleneck(tf.Module):
 def _pointwise_relu(x, kernel, bias):
     """`relu(conv1x1(x) + bias)` on a small pooled map."""
     return tf.nn.relu(tf.nn.bias_add(tf.matmul(x, kernel), bias))
-
-
-def _numpy(variable):
-    return None if variable is None else variable.numpy()
 
 
 def _constants(arrays, dtype):
@@ -405,30 +249,28 @@ class FastCissNet(tf.Module):
             raise ValueError(f"Winograd convs need float32, the model computes in {dtype.name}")
         wide = winograd_min_channels if winograd else None
         self.dtype = dtype
-        self.num_classes = model.num_classes
         self.context_mode = model.context_mode
         self.random_keep_rate = model.random_keep_rate
         feature_net = model.feature_net
         backbone = feature_net.backbone
-        self.stem = [_FoldedConv(layer, dtype) for layer in backbone.stem]
-        self.blocks = [
-            _FoldedBottleneck(b, dtype, wide) for stage in backbone.stages for b in stage
-        ]
+        self.stem = [_FoldedConv(unit, dtype) for unit in backbone.stem_units()]
+        self.blocks = [_FoldedBottleneck(b, dtype, wide) for b in backbone.blocks()]
         self.bins = feature_net.bins
         self.ppm = [
-            self._folded_1x1(conv, norm, dtype)
-            for conv, norm in zip(feature_net.ppm.convs, feature_net.ppm.norms, strict=True)
+            (tf.Variable(kernel[0, 0], dtype=dtype, trainable=False),
+             tf.Variable(bias, dtype=dtype, trainable=False))
+            for kernel, bias in feature_net.ppm.folded_branches()
         ]
         res5_channels = backbone.output_channels[1]
         ppm_sizes = [feature_net.ppm_channels] * len(self.bins)
         # Kernels over X, output blocks [base | bias trunk | context trunk], input blocks
         # [res5 | ppm6 | ppm3 | ppm2 | ppm1] (the order of X).
-        x_kernels = [model.base_net.conv.kernel.numpy()]
+        base_conv, _ = model.base_net.conv_weights()
+        x_kernels = [base_conv.kernel.numpy()]
         self.trunks = [model.bias_net.trunk]
         if model.context_net is not None:
             self.trunks.append(model.context_net.trunk)
-        for trunk in self.trunks:
-            x_kernels.append(trunk.kernel.numpy()[:, :, : trunk.feature_channels])
+        x_kernels += [trunk.feature_kernel().numpy() for trunk in self.trunks]
         fused = np.concatenate(x_kernels, axis=-1)
         res5_kernel, *branch_kernels = _split_rows(fused, [res5_channels, *ppm_sizes])
         channels = model.base_net.channels
@@ -443,35 +285,26 @@ class FastCissNet(tf.Module):
                                 *_constants(branch_kernels, dtype)]
         # The trunks' inner convs: the model's own layers unless Winograd replaces them.
         self.trunk_convs = [
-            [_SameConv(conv.kernel.numpy(), dtype, winograd_min_channels=wide)
-             for conv in trunk.convs] if winograd else None
+            [_SameConv(kernel.numpy(), dtype, winograd_min_channels=wide)
+             for kernel in trunk.inner_kernels()] if winograd else None
             for trunk in self.trunks
         ]
         self.base_net = model.base_net
         self.bias_net = model.bias_net
-        self.bias_e_kernels = self._encoder_kernels(self.bias_net, model.num_classes + 1, dtype)
+        self.bias_e_kernels = self._encoder_kernels(self.bias_net, dtype)
         self.context_net = model.context_net
         if self.context_net is not None:
-            self.context_e_kernels = self._encoder_kernels(
-                self.context_net, model.num_classes, dtype
-            )
+            self.context_e_kernels = self._encoder_kernels(self.context_net, dtype)
 
     @staticmethod
-    def _folded_1x1(conv, norm, dtype):
-        kernel, bias = fold_batch_norm(
-            conv.kernel.numpy()[0, 0], _numpy(norm.gamma), _numpy(norm.beta),
-            norm.moving_mean.numpy(), norm.moving_variance.numpy(), norm.epsilon,
-        )
-        return (tf.Variable(kernel, dtype=dtype, trainable=False),
-                tf.Variable(bias, dtype=dtype, trainable=False))
-
-    @staticmethod
-    def _encoder_kernels(net, map_channels, dtype):
+    def _encoder_kernels(net, dtype):
         """The E half of a trunk's first kernel: (map kernel, branch kernels in bins order)."""
-        trunk = net.trunk
-        e_kernel = trunk.kernel.numpy()[:, :, trunk.feature_channels :]
+        e_kernel = net.trunk.encoded_kernel().numpy()
+        # E = [map, encoder branches]: the map has the channels the branches leave.
+        encoder = net.encoder
+        branch_sizes = [encoder.channels] * len(encoder.bins)
         map_kernel, *branches = _split_rows(
-            e_kernel, [map_channels] + [net.branch_channels] * len(net.bins)
+            e_kernel, [e_kernel.shape[2] - sum(branch_sizes), *branch_sizes]
         )
         return (tf.Variable(map_kernel, dtype=dtype, trainable=False),
                 _constants([tap_major(k) for k in branches[::-1]], dtype))
@@ -481,8 +314,7 @@ class FastCissNet(tf.Module):
         x = tf.cast(images, self.dtype)
         for conv in self.stem:
             x = conv(x)
-        # Post-ReLU inputs: zero padding equals max pooling's -inf padding.
-        x = tf.nn.max_pool2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), 3, 2, "VALID")
+        x = stem_pool(x)
         for block in self.blocks:
             x = block(x)
         pooled = [
@@ -513,17 +345,12 @@ class FastCissNet(tf.Module):
     @staticmethod
     def _branches(net, encoded_map):
         """The pyramid branches of a net's encoder (its own layers, inference mode)."""
-        return [
-            tf.nn.relu(norm(conv(cells), training=False))
-            for cells, conv, norm in zip(
-                pyramid_pool(encoded_map, net.bins), net.encoder.convs, net.encoder.norms,
-                strict=True,
-            )
-        ]
+        encoder = net.encoder
+        return encoder.project(pyramid_pool(encoded_map, encoder.bins), training=False)
 
     def _bias_logits(self, projected, context_map):
         net = self.bias_net
-        onehot = tf.one_hot(context_map, self.num_classes + 1, dtype=self.dtype)
+        onehot = net.one_hot(context_map, self.dtype)
         branches = self._branches(net, onehot)
         c1 = projected + self._encoded_conv(self.bias_e_kernels, onehot, branches)
         return net.classifier(net.trunk.from_first_conv(c1, convs=self.trunk_convs[0]))
@@ -534,7 +361,7 @@ class FastCissNet(tf.Module):
         branches = self._branches(self.context_net, probabilities)
         c1 = projected + self._encoded_conv(self.context_e_kernels, probabilities, branches)
         z = self.context_net.trunk.from_first_conv(c1, convs=self.trunk_convs[1])
-        return tf.cast(self.context_net.policy_head(z), tf.float32)
+        return self.context_net.policy_logits(z)
 
     def __call__(self, images, num_steps=2):
         """Greedy unrolled inference, as `CissNet(images, training=False)`.
@@ -555,8 +382,7 @@ class FastCissNet(tf.Module):
             base_x = fused[..., :channels]
             bias_x = fused[..., channels : 2 * channels]
             context_x = fused[..., 2 * channels :]
-        base = self.base_net
-        base_logits = base.classifier(tf.nn.relu(base.norm(base_x)))
+        base_logits = self.base_net.from_conv(base_x)
         logits, contexts = [base_logits], []
         for t in range(num_steps):
             prediction = tf.argmax(logits[-1], axis=-1, output_type=tf.int32)

@@ -40,6 +40,7 @@ Conversions:
 """
 
 import os
+import re
 
 import keras
 import tensorflow as tf
@@ -49,6 +50,9 @@ KERAS_RESNETS = {
     101: ((3, 4, 23, 3), keras.applications.ResNet101),
 }
 KERAS_WIDTH = 64
+# A bottleneck unit of `DilatedResNet.named_units` -> the index of its conv in a Keras block.
+_KERAS_PART = {"1x1_proj": 0, "1x1_reduce": 1, "3x3": 2, "1x1_increase": 3}
+_BLOCK_UNIT = re.compile(r"conv(\d+)_(\d+)/(\w+)")
 
 
 def fold_conv_bias(moving_mean, bias):
@@ -57,22 +61,17 @@ def fold_conv_bias(moving_mean, bias):
 
 
 def layer_mapping(backbone):
-    """`(keras_prefix, ciss_name, conv_bn_layer)` for every conv + BN of a 7x7-stem backbone.
+    """`(keras_prefix, ciss_name, conv_bn_unit)` for every conv + BN of a 7x7-stem backbone.
 
     `keras_prefix` names the Keras layers `<prefix>_conv` and `<prefix>_bn`; `ciss_name` is
-    the path of our layer inside the backbone.
+    the path of our `ConvBN` inside the backbone (`DilatedResNet.named_units`).
     """
-    stem = backbone.stem[0]
-    pairs = [("conv1", stem.name, stem)]
-    for stage, blocks in enumerate(backbone.stages, start=2):
-        for index, block in enumerate(blocks, start=1):
-            parts = [(1, block.reduce), (2, block.conv3x3), (3, block.increase)]
-            if block.proj is not None:
-                parts.insert(0, (0, block.proj))
-            pairs += [
-                (f"conv{stage}_block{index}_{part}", f"{block.name}/{layer.name}", layer)
-                for part, layer in parts
-            ]
+    pairs = []
+    for name, unit in backbone.named_units():
+        match = _BLOCK_UNIT.fullmatch(name)
+        prefix = (f"conv{match[1]}_block{match[2]}_{_KERAS_PART[match[3]]}" if match
+                  else "conv1")
+        pairs.append((prefix, name, unit))
     return pairs
 
 
@@ -126,10 +125,11 @@ def load_keras_resnet_weights(backbone, path, depth=50):
     for prefix, name, target in layer_mapping(backbone):
         kernel, bias = source.get_layer(f"{prefix}_conv").get_weights()
         gamma, beta, mean, variance = source.get_layer(f"{prefix}_bn").get_weights()
-        target.conv.kernel.assign(kernel)
-        target.bn.gamma.assign(gamma)
-        target.bn.beta.assign(beta)
-        target.bn.moving_mean.assign(fold_conv_bias(mean, bias))
-        target.bn.moving_variance.assign(variance)
+        weights = target.conv_weights()
+        weights.kernel.assign(kernel)
+        for variable, value in zip(
+            weights.norm, (gamma, beta, fold_conv_bias(mean, bias), variance), strict=True
+        ):
+            variable.assign(value)
         mapped.append((prefix, name))
     return mapped

@@ -70,13 +70,13 @@ import os
 import pickle
 import re
 
-import keras
 import numpy as np
 import tensorflow as tf
 from absl import flags
 
 from ciss_tf import caffe, checkpoints, command_flags, config, imagenet
 from ciss_tf.data import datasets
+from ciss_tf.ppm import ConvWeights
 
 FLAGS = flags.FLAGS
 BN_EPSILON = 1e-5
@@ -255,36 +255,29 @@ def _text(key):
 
 @dataclasses.dataclass(frozen=True)
 class _Unit:
-    """A source conv (`source`; its batch norm is `source + "_bn"`) and our layers."""
+    """A source conv (`source`; its batch norm is `source + "_bn"`) and our variables."""
 
     source: str
-    conv: keras.layers.Conv2D
-    norm: keras.layers.BatchNormalization | None
+    weights: ConvWeights
 
 
 def _units(model):
     """Every conv of the PSPNet that takes official weights, with its Caffe name."""
     backbone = model.feature_net.backbone
-    ppm = model.feature_net.ppm
+    pyramid = model.feature_net.ppm
+    # The backbone's paths are Caffe's names with "/" for "_", but for the stem's strided
+    # first conv, which Caffe names `conv1_1_3x3_s2`.
     units = [
-        _Unit(f"{layer.name}_s2" if i == 0 else layer.name, layer.conv, layer.bn)
-        for i, layer in enumerate(backbone.stem)
-    ]
-    # imagenet.layer_mapping lists the stem first, then each block's convs named
-    # `conv{s}_{b}/<part>`: Caffe's names with "/" for "_".
-    units += [
-        _Unit(name.replace("/", "_"), layer.conv, layer.bn)
-        for _, name, layer in imagenet.layer_mapping(backbone)[1:]
+        _Unit(f"{name}_s2" if i == 0 else name.replace("/", "_"), unit.conv_weights())
+        for i, (name, unit) in enumerate(backbone.named_units())
     ]
     last_block = f"conv5_{backbone.depths[-1]}"
     units += [
-        _Unit(f"{last_block}_pool{bins}_conv", conv, norm)
-        for bins, conv, norm in zip(ppm.bins, ppm.convs, ppm.norms, strict=True)
+        _Unit(f"{last_block}_pool{bins}_conv", weights)
+        for bins, weights in zip(pyramid.bins, pyramid.branch_weights(), strict=True)
     ]
-    return units + [
-        _Unit("conv5_4", model.head.conv, model.head.norm),
-        _Unit("conv6", model.head.classifier, None),
-    ]
+    head_conv, classifier = model.head.conv_weights()
+    return units + [_Unit("conv5_4", head_conv), _Unit("conv6", classifier)]
 
 
 def source_depths(weights):
@@ -399,21 +392,20 @@ def _plan(units, weights):
         return value
 
     for unit in units:
-        kernel = fetch(unit.source, "weights", unit.conv.kernel.shape)
+        target = unit.weights
+        kernel = fetch(unit.source, "weights", target.kernel.shape)
         if kernel is not None:
-            assignments.append(([f"{unit.source}/weights"], unit.conv.kernel, kernel))
-        channels = (unit.conv.filters,)
+            assignments.append(([f"{unit.source}/weights"], target.kernel, kernel))
+        channels = (target.kernel.shape[-1],)
         has_bias = "biases" in weights.get(unit.source, {})
         bias = fetch(unit.source, "biases", channels, vector=True) if (
-            has_bias or unit.conv.use_bias) else None
-        if unit.norm is None:
+            has_bias or target.bias is not None) else None
+        if target.norm is None:
             if bias is not None:
-                assignments.append(([f"{unit.source}/biases"], unit.conv.bias, bias))
+                assignments.append(([f"{unit.source}/biases"], target.bias, bias))
             continue
         norm_layer = f"{unit.source}_bn"
-        targets = (unit.norm.gamma, unit.norm.beta, unit.norm.moving_mean,
-                   unit.norm.moving_variance)
-        for name, variable in zip(BN_PARAMS, targets, strict=True):
+        for name, variable in zip(BN_PARAMS, target.norm, strict=True):
             value = fetch(norm_layer, name, channels, vector=True)
             if value is None:
                 continue

@@ -141,6 +141,12 @@ class CissNet(keras.Model):
       random_keep_rate: the share of actions 1 of the "random" mode, in (0, 1] (unused by
         the other modes).
 
+    Attributes:
+      feature_net: the frozen `FeatureNet` (`X`).
+      base_net: the `BaseNet`.
+      bias_net: the `BiasNet`.
+      context_net: the `ContextNet` in "learned" mode, else None.
+
     Example:
       >>> net = CissNet(4, feature_net=dict(depths=(1, 1, 1, 1), width=8,
       ...               stem_widths=(8, 8, 16), ppm_channels=16), channels=32,

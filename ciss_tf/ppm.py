@@ -6,9 +6,16 @@ channels, GroupNorm) and the Context Net's p-map encoder (64 channels, GroupNorm
 norm in the original). Each branch is: average pool with kernel = stride =
 ceil(size / bin), 1x1 conv (no bias), normalisation, ReLU, bilinear upsampling back to the
 input size.
+
+It also holds what every conv + norm unit of the network shares with the tools that rewrite
+or import it: `fold_batch_norm` (a frozen batch norm folded into the conv before it) and
+`ConvWeights` (the variables an importer assigns).
 """
 
+from typing import NamedTuple
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ciss_tf import ops
@@ -73,6 +80,74 @@ def make_norm(norm, channels, name, synchronized=True):
     raise ValueError(f"unknown norm {norm!r}; expected 'batch' or 'group'")
 
 
+def fold_batch_norm(kernel, gamma, beta, mean, variance, epsilon):
+    """Folds an inference-mode batch norm into the preceding bias-free conv.
+
+    Args:
+      kernel: conv kernel `[..., C_in, C_out]`.
+      gamma, beta, mean, variance: batch-norm parameters `[C_out]` (gamma None = 1,
+        beta None = 0).
+      epsilon: the batch norm's epsilon.
+
+    Returns:
+      `(kernel, bias)` as float64 NumPy arrays such that
+      `conv(x, kernel) + bias == bn(conv(x, kernel_in))`.
+    """
+    kernel = np.asarray(kernel, np.float64)
+    mean = np.asarray(mean, np.float64)
+    scale = 1.0 / np.sqrt(np.asarray(variance, np.float64) + epsilon)
+    if gamma is not None:
+        scale = scale * np.asarray(gamma, np.float64)
+    bias = -mean * scale
+    if beta is not None:
+        bias = bias + np.asarray(beta, np.float64)
+    return kernel * scale, bias
+
+
+def fold_conv_norm(conv, norm):
+    """`fold_batch_norm` of a bias-free Keras conv and the Keras batch norm after it."""
+    _check_batch_norm(norm)
+    return fold_batch_norm(
+        conv.kernel.numpy(), _numpy(norm.gamma), _numpy(norm.beta), norm.moving_mean.numpy(),
+        norm.moving_variance.numpy(), norm.epsilon,
+    )
+
+
+def _check_batch_norm(norm):
+    # GroupNorm depends on the data: it has no fixed scale and shift to fold or import.
+    if not isinstance(norm, keras.layers.BatchNormalization):
+        raise ValueError(f"expected a batch norm, got {type(norm).__name__}")
+
+
+def _numpy(variable):
+    return None if variable is None else variable.numpy()
+
+
+class ConvWeights(NamedTuple):
+    """The variables of a conv and of the batch norm after it, as weight importers see them.
+
+    Attributes:
+      kernel: the conv kernel `[kh, kw, C_in, C_out]`.
+      bias: the conv's bias `[C_out]`, or None (our convs before a batch norm have none).
+      norm: the batch norm's `(gamma, beta, moving_mean, moving_variance)` (Caffe's blob
+        order and Keras's `get_weights` order), or None where no batch norm follows.
+    """
+
+    kernel: keras.Variable
+    bias: keras.Variable | None
+    norm: tuple[keras.Variable, keras.Variable, keras.Variable, keras.Variable] | None
+
+
+def conv_weights(conv, norm=None):
+    """`ConvWeights` of a Keras conv and the Keras batch norm (or None) after it."""
+    if norm is not None:
+        _check_batch_norm(norm)
+    return ConvWeights(
+        conv.kernel, conv.bias,
+        None if norm is None else (norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance),
+    )
+
+
 @keras.saving.register_keras_serializable(package="ciss_tf")
 class PyramidPooling(keras.layers.Layer):
     """Pyramid pooling branches, returned concatenated in the order bins[::-1] (6, 3, 2, 1).
@@ -102,14 +177,46 @@ class PyramidPooling(keras.layers.Layer):
         ]
         self.norms = [make_norm(norm, channels, name=f"pool{b}_{norm}_norm") for b in self.bins]
 
+    def project(self, pooled, training=False):
+        """The branches before upsampling: `relu(norm(conv1x1(cells)))` per bin.
+
+        Args:
+          pooled: one `[B, cells_h, cells_w, C]` map per bin, in `bins` order: the cells of
+            `ceil_avg_pool` or of any pooling that computes the same.
+          training: the norms' mode.
+
+        Returns:
+          A list of `[B, cells_h, cells_w, channels]`, in `bins` order.
+        """
+        return [
+            tf.nn.relu(norm(conv(cells), training=training))
+            for cells, conv, norm in zip(pooled, self.convs, self.norms, strict=True)
+        ]
+
+    def folded_branches(self):
+        """Each branch's 1x1 conv with its batch norm folded in (`fold_batch_norm`).
+
+        Returns:
+          A list of `(kernel [1, 1, C, channels], bias [channels])` float64 NumPy pairs,
+          in `bins` order.
+
+        Raises:
+          ValueError: if the branches use GroupNorm, which depends on the data.
+        """
+        return [
+            fold_conv_norm(conv, norm) for conv, norm in zip(self.convs, self.norms, strict=True)
+        ]
+
+    def branch_weights(self):
+        """`ConvWeights` of each branch's 1x1 conv and batch norm, in `bins` order."""
+        return [
+            conv_weights(conv, norm) for conv, norm in zip(self.convs, self.norms, strict=True)
+        ]
 
     def call(self, inputs, training=False):
         size = ops.spatial_size(inputs)
-        branches = []
-        for bins, conv, norm in zip(self.bins, self.convs, self.norms, strict=True):
-            y = conv(ceil_avg_pool(inputs, bins))
-            y = tf.nn.relu(norm(y, training=training))
-            branches.append(ops.resize_bilinear(y, size))
+        pooled = [ceil_avg_pool(inputs, bins) for bins in self.bins]
+        branches = [ops.resize_bilinear(y, size) for y in self.project(pooled, training)]
         return tf.concat(branches[::-1], axis=-1)
 
     def compute_output_shape(self, input_shape):

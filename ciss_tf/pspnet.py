@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from ciss_tf.backbone import DilatedResNet
-from ciss_tf.ppm import PyramidPooling, make_norm
+from ciss_tf.ppm import PyramidPooling, conv_weights, make_norm
 
 AUX_WEIGHT = 0.4  # weight of the auxiliary res4 loss in PSPNet training
 
@@ -25,6 +25,10 @@ class FeatureNet(keras.layers.Layer):
       freeze_bn: batch norm in inference mode (always so in CiSS-Net training).
       stem: "deep" or "resnet" (the 7x7 stem that ImageNet weights need; see `DilatedResNet`).
       stride_on: "1x1" or "3x3", the strided conv of res3 (see `DilatedResNet`).
+
+    Attributes:
+      backbone: the `DilatedResNet` (res5 is the first block of `X`).
+      ppm: the `PyramidPooling` (batch norm) whose branches fill the rest of `X`.
     """
 
     def __init__(self, depths=(3, 4, 6, 3), width=64, stem_widths=(64, 64, 128),
@@ -93,9 +97,21 @@ class SegmentationHead(keras.layers.Layer):
             num_classes, 1, dtype="float32", name="classifier"
         )
 
+    def conv_weights(self):
+        """`ConvWeights` of the 3x3 conv and of the classifier, for weight importers.
+
+        The 3x3 conv's `norm` is its batch norm, or None with GroupNorm (no statistics).
+        """
+        norm = self.norm if self.norm_type == "batch" else None
+        return conv_weights(self.conv, norm), conv_weights(self.classifier)
+
+    def from_conv(self, y, training=False):
+        """The layers after the 3x3 conv (norm, ReLU, dropout, classifier), from its output."""
+        y = tf.nn.relu(self.norm(y, training=training))
+        return self.classifier(self.drop(y, training=training))
+
     def call(self, x, training=False):
-        x = tf.nn.relu(self.norm(self.conv(x), training=training))
-        return self.classifier(self.drop(x, training=training))
+        return self.from_conv(self.conv(x), training)
 
     def get_config(self):
         config = super().get_config()

@@ -48,6 +48,11 @@ class BiasNet(keras.layers.Layer):
       branch_channels: width of each pyramid branch (256).
       bins: pyramid grid sizes.
       dropout: dropout rate.
+
+    Attributes:
+      encoder: the `PyramidPooling` of the one-hot map (the branches of `E`).
+      trunk: the `ContextTrunk` over `[X, E]`.
+      classifier: the 1x1 conv from the trunk's output to the bias logits.
     """
 
     def __init__(self, num_classes, feature_channels, channels=512, branch_channels=256,
@@ -68,9 +73,13 @@ class BiasNet(keras.layers.Layer):
             num_classes, 1, use_bias=False, dtype="float32", name="classifier"
         )
 
+    def one_hot(self, context_map, dtype):
+        """The first block of `E`: a context map `[B, h, w]` of ints in 0..Nc, one-hot."""
+        return tf.one_hot(context_map, self.num_classes + 1, dtype=dtype)
+
     def encode(self, context_map, dtype):
         """`E` for a context map `[B, h, w]` of ints in 0..Nc."""
-        onehot = tf.one_hot(context_map, self.num_classes + 1, dtype=dtype)
+        onehot = self.one_hot(context_map, dtype)
         return tf.concat([onehot, self.encoder(onehot)], axis=-1)
 
     def call(self, projected_features, context_map, training=False):

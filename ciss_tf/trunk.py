@@ -14,7 +14,9 @@ A conv over a concatenation is the sum of convs over its parts, and `X` is the s
 unrolled step, so `project_features(X)` computes the `X` half of the first conv once per
 image and `call` adds the `E` half at each step. `call_concat` is the plain form, kept for
 the benchmark's naive path and the tests that prove the two equal. The kernel is stored
-whole, in `[X, E]` input-channel order, as in the original.
+whole, in `[X, E]` input-channel order, as in the original; `feature_kernel`,
+`encoded_kernel`, `inner_kernels` and `from_first_conv` let an inference rewrite
+recombine the convs without reading the layer's internals.
 """
 
 import keras
@@ -63,22 +65,36 @@ class ContextTrunk(keras.layers.Layer):
     def _conv1(self, x, kernel):
         return tf.nn.conv2d(x, tf.cast(kernel, x.dtype), 1, "SAME")
 
-    def project_features(self, features):
-        """The `X` half of the first conv: `conv3x3(X)`, reusable across steps."""
+    def _first_kernel(self):
+        # Built on demand: the X half is asked for before the trunk's first call.
         if not self.built:
             self.build()
-        return self._conv1(features, self.kernel[:, :, : self.feature_channels])
+        return self.kernel
+
+    def feature_kernel(self):
+        """The rows of the first conv's kernel that read `X`: `[3, 3, feature_channels, C]`."""
+        return self._first_kernel()[:, :, : self.feature_channels]
+
+    def encoded_kernel(self):
+        """The rows of the first conv's kernel that read `E`: `[3, 3, encoded_channels, C]`."""
+        return self._first_kernel()[:, :, self.feature_channels :]
+
+    def inner_kernels(self):
+        """The kernels of the three inner 3x3 convs (c2, c3, c4), in order."""
+        return [conv.kernel for conv in self.convs]
+
+    def project_features(self, features):
+        """The `X` half of the first conv: `conv3x3(X)`, reusable across steps."""
+        return self._conv1(features, self.feature_kernel())
 
     def call(self, projected_features, encoded, training=False):
         """Runs the trunk from `project_features(X)` and the step's encoding `E`."""
-        c1 = projected_features + self._conv1(encoded, self.kernel[:, :, self.feature_channels :])
+        c1 = projected_features + self._conv1(encoded, self.encoded_kernel())
         return self.from_first_conv(c1, training)
 
     def call_concat(self, features, encoded, training=False):
         """The plain form: the first conv over the concatenation `[X, E]`."""
-        if not self.built:
-            self.build()
-        c1 = self._conv1(tf.concat([features, encoded], axis=-1), self.kernel)
+        c1 = self._conv1(tf.concat([features, encoded], axis=-1), self._first_kernel())
         return self.from_first_conv(c1, training)
 
     def from_first_conv(self, c1, training=False, convs=None):

@@ -15,13 +15,12 @@ from ciss_tf import config, ops, ppm
 from ciss_tf.fast_inference import (
     FastCissNet,
     conv3x3_of_upsampled,
-    fold_batch_norm,
     pyramid_pool,
     shifted_interpolation,
     tap_major,
-    winograd_conv3x3,
-    winograd_kernel,
 )
+from ciss_tf.ppm import fold_batch_norm
+from ciss_tf.winograd import winograd_conv3x3, winograd_kernel
 
 NUM_CLASSES = 5
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import config, ppm
+from ciss_tf import config, ops, ppm
 from ciss_tf.backbone import DilatedResNet
 from ciss_tf.context_net import ContextNet
 from ciss_tf.model import CissNet, context_actions, sample_actions
@@ -44,6 +44,54 @@ def test_backbone_output_stride_8_and_caffe_sizes():
     res4, res5 = net(tf.zeros([1, 473, 473, 3]))
     assert res4.shape == (1, 60, 60, 128)  # 473 -> 237 -> 119 -> 60, as in PSPNet
     assert res5.shape == (1, 60, 60, 256)
+
+
+def test_backbone_hooks_name_every_unit_by_its_path_and_fold_it_exactly():
+    backbone = DilatedResNet(depths=(1, 2, 1, 1), width=8, stem_widths=(8, 8, 16))
+    backbone(_images(1, 33))
+    named = backbone.named_units()
+    # Three stem convs, three per block and one projection per stage: every conv once.
+    assert len(named) == 3 + 3 * 5 + 4 == len(backbone.weights) // 5
+    assert [name for name, _ in named[3:7]] == [
+        "conv2_1/1x1_proj", "conv2_1/1x1_reduce", "conv2_1/3x3", "conv2_1/1x1_increase"
+    ]
+    assert named[7][0] == "conv3_1/1x1_proj" and named[11][0] == "conv3_2/1x1_reduce"
+    for name, unit in named:
+        assert unit.conv_weights().kernel.path == f"{backbone.name}/{name}/conv/kernel"
+    rng = np.random.default_rng(0)
+    unit = backbone.blocks()[3].units()[1]  # res4's 3x3: dilation 2, explicit padding 2
+    for variable in unit.conv_weights().norm:
+        variable.assign(rng.uniform(0.5, 1.5, variable.shape))
+    x = tf.random.stateless_normal([2, 9, 9, 32], seed=[5, 6])
+    kernel, bias = unit.folded()
+    folded = tf.nn.relu(tf.nn.conv2d(x, kernel.astype(np.float32), unit.stride, "SAME",
+                                     dilations=unit.dilation) + bias.astype(np.float32))
+    np.testing.assert_allclose(folded, unit(x), rtol=1e-5, atol=1e-5)
+
+
+def test_pyramid_hooks_project_the_cells_and_fold_batch_norm_only():
+    layer = ppm.PyramidPooling(16, bins=(1, 2, 3, 6), norm="batch")
+    x = tf.random.stateless_normal([2, 12, 12, 8], seed=[7, 8])
+    layer(x)
+    rng = np.random.default_rng(1)
+    for weights in layer.branch_weights():
+        for variable in weights.norm:
+            variable.assign(rng.uniform(0.5, 1.5, variable.shape))
+    pooled = [ppm.ceil_avg_pool(x, bins) for bins in layer.bins]
+    projected = layer.project(pooled)
+    for cells, (kernel, bias), branch in zip(pooled, layer.folded_branches(), projected,
+                                             strict=True):
+        folded = tf.nn.relu(tf.nn.conv2d(cells, kernel.astype(np.float32), 1, "VALID")
+                            + bias.astype(np.float32))
+        np.testing.assert_allclose(folded, branch, rtol=1e-5, atol=1e-5)
+    # The layer's output is the projected branches upsampled, in the order 6, 3, 2, 1.
+    upsampled = [ops.resize_bilinear(p, (12, 12)) for p in projected[::-1]]
+    np.testing.assert_allclose(layer(x), tf.concat(upsampled, -1), rtol=1e-6, atol=1e-6)
+    group = ppm.PyramidPooling(16, norm="group")
+    group(x)
+    for hook in (group.folded_branches, group.branch_weights):
+        with pytest.raises(ValueError, match="expected a batch norm, got GroupNormalization"):
+            hook()
 
 
 def test_paper_preset_shapes_and_parameter_counts():
