@@ -399,8 +399,3 @@ class FastCissNet(tf.Module):
         context = (tf.stack(contexts) if contexts
                    else tf.zeros(tf.concat([[0], size], 0), tf.int32))
         return {"logits": tf.stack(logits), "context": context}
-
-    def predict_labels(self, images, num_steps=2):
-        """Greedy class ids `[B, H, W]` at step `num_steps`, at the input resolution."""
-        logits = self(images, num_steps=num_steps)["logits"][-1]
-        return tf.argmax(ops.resize_bilinear(logits, ops.spatial_size(images)), -1, tf.int32)

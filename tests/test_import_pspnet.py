@@ -16,7 +16,8 @@ import pytest
 import tensorflow as tf
 from conftest import cli_error_line
 
-from ciss_tf import caffe, checkpoints, config, import_pspnet
+from ciss_tf import caffe, checkpoints, config
+from ciss_tf.convert import pspnet_weights
 from ciss_tf.pspnet import FeatureNet, PSPNet
 
 BN_NAMES = ("scale", "offset", "mean", "variance")
@@ -323,9 +324,9 @@ def test_pspnet50_numpy_dict_imports_completely_and_computes_caffes_network(tmp_
     path = tmp_path / "pspnet50_ade20k.npy"
     np.save(path, weights)
 
-    loaded, stride_on = import_pspnet.read_weights(str(path))
+    loaded, stride_on = pspnet_weights.read_weights(str(path))
     model = config.build_pspnet(150, "resnet50")
-    report = import_pspnet.import_weights(model, loaded, str(path), stride_on)
+    report = pspnet_weights.import_weights(model, loaded, str(path), stride_on)
 
     assert stride_on is None
     sources = {f"{layer}/{name}" for layer, params in weights.items() for name in params}
@@ -373,9 +374,9 @@ def test_caffemodel_equals_numpy_dict_and_stride_on_3x3_matches_caffe(tmp_path, 
                   for name, params in weights.items()})
 
     from_npy, from_caffe = tiny_model, _tiny_model()
-    report = import_pspnet.import_weights(from_npy, *import_pspnet.read_weights(str(npy)))
-    caffe_report = import_pspnet.import_weights(
-        from_caffe, *import_pspnet.read_weights(str(caffemodel))
+    report = pspnet_weights.import_weights(from_npy, *pspnet_weights.read_weights(str(npy)))
+    caffe_report = pspnet_weights.import_weights(
+        from_caffe, *pspnet_weights.read_weights(str(caffemodel))
     )
     assert caffe_report.mapped == report.mapped
     assert caffe_report.skipped == report.skipped == ["conv4_24/weights"]
@@ -389,13 +390,13 @@ def test_caffemodel_equals_numpy_dict_and_stride_on_3x3_matches_caffe(tmp_path, 
     # PSPNet-101's res3 strides on its 3x3 conv: read from the .caffemodel, refused by a
     # model striding on the 1x1 conv, and computed as Caffe does by one striding on the 3x3.
     caffemodel.write_bytes(caffemodel_bytes(weights, PSPNET101_STRIDES))
-    loaded, stride_on = import_pspnet.read_weights(str(caffemodel))
+    loaded, stride_on = pspnet_weights.read_weights(str(caffemodel))
     assert stride_on == "3x3"
     with pytest.raises(ValueError, match="res3 strides on conv3_1_3x3 .* conv3_1_1x1_reduce"):
-        import_pspnet.import_weights(from_caffe, loaded, "w.caffemodel", stride_on)
+        pspnet_weights.import_weights(from_caffe, loaded, "w.caffemodel", stride_on)
     model = _tiny_model("3x3")
     assert FeatureNet.from_config(model.feature_net.get_config()).stride_on == "3x3"
-    import_pspnet.import_weights(model, loaded, "w.caffemodel", stride_on)
+    pspnet_weights.import_weights(model, loaded, "w.caffemodel", stride_on)
     images = np.random.default_rng(2).normal(0.0, 50.0, (2, SIDE, SIDE, 3)).astype(np.float32)
     *_, expected = reference_pspnet(weights, images, TINY["depths"], stride_on="3x3")
     np.testing.assert_allclose(model(images)["logits"], expected, rtol=1e-4, atol=1e-4)
@@ -407,7 +408,7 @@ def test_conv_bias_before_batch_norm_is_folded_exactly(tiny_model):
     weights = random_weights(TINY, 8, seed=4)
     weights["conv2_1_3x3"]["biases"] = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
     model = tiny_model
-    report = import_pspnet.import_weights(model, weights)
+    report = pspnet_weights.import_weights(model, weights)
     assert ("conv2_1_3x3_bn/mean + conv2_1_3x3/biases",
             "feature_net/backbone/conv2_1/3x3/bn/moving_mean", (8,)) in report.mapped
     images = np.random.default_rng(5).normal(0.0, 50.0, (1, SIDE, SIDE, 3)).astype(np.float32)
@@ -451,7 +452,7 @@ def test_missing_or_mis_shaped_tensor_is_an_error_naming_it(tiny_model, weights,
     model = tiny_model
     before = [v.numpy() for v in model.weights]
     with pytest.raises(ValueError, match=message):
-        import_pspnet.import_weights(model, weights, "w.npy")
+        pspnet_weights.import_weights(model, weights, "w.npy")
     for variable, value in zip(model.weights, before, strict=True):
         np.testing.assert_array_equal(variable.numpy(), value)  # nothing assigned
 
@@ -460,10 +461,10 @@ def test_negative_variance_and_bn_epsilon_are_refused(tiny_model):
     weights = _reshaped(TINY_WEIGHTS, "conv1_2_3x3_bn", "variance", (8,))
     weights["conv1_2_3x3_bn"]["variance"] -= 1.0
     with pytest.raises(ValueError, match="conv1_2_3x3_bn/variance has negative values"):
-        import_pspnet.import_weights(tiny_model, weights, "w.npy")
+        pspnet_weights.import_weights(tiny_model, weights, "w.npy")
     layer = caffe.CaffeLayer("conv1/bn", "BN", tuple(np.ones([4, 1, 2, 1, 1], np.float32)), 1e-3)
     with pytest.raises(ValueError, match="BN layer conv1/bn has eps 0.001; our batch norm"):
-        import_pspnet.caffe_to_numpy_dict([layer], "w.caffemodel")
+        pspnet_weights.caffe_to_numpy_dict([layer], "w.caffemodel")
 
 
 def _run(args):

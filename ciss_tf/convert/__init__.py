@@ -1,0 +1,1 @@
+"""Weight conversion: official and ImageNet weights into our networks."""
