@@ -20,8 +20,10 @@ stride-8 grid, as the demo does) and scores the exported SavedModel
 - `<runs>/report.md`: RESULTS.md-ready tables: the issue's targets met / missed, mean ± std
   over seeds, every step t = 0..6, gate statistics, per-class IoU, wall times, the served
   score;
-- `<runs>/figure.png`: input, truth, p-map and context map at t = 0, 1, 2 of the first
-  seed's CiSS-Net (uncertain white).
+- `<runs>/figure.png` (and `--figure`): input, truth, p-map and context map at t = 0, 1, 2
+  of the first seed's CiSS-Net (uncertain white);
+- `--results_md` (`experiments/RESULTS.md`): a header saying how to rerun it, the tables of
+  report.md, the figure and the hand-written `--notes`.
 
 Means and stds are over seeds, the std the sample one (n - 1); differences are of means.
 """
@@ -46,6 +48,18 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the stage-2 runs, in repor
 flags.DEFINE_string(
     "results_json", "experiments/camvid_results.json",
     "Where to write the numbers (the shape of ../shared/CONTRACT.md).",
+)
+flags.DEFINE_string(
+    "results_md", "experiments/RESULTS.md",
+    "Where to write RESULTS.md: the report's tables, then --notes.",
+)
+flags.DEFINE_string(
+    "notes", "experiments/camvid_notes.md",
+    "Hand-written prose appended to RESULTS.md (choices, what the numbers show, history).",
+)
+flags.DEFINE_string(
+    "figure", "experiments/figures/camvid_context.png",
+    "Where the figure is copied for RESULTS.md (besides <runs>/figure.png).",
 )
 FLAGS = flags.FLAGS
 
@@ -351,7 +365,8 @@ def write_figure(unroll, info):
     # figure_panel zooms its tiles 2x (made for the demo's 96x96 scenes): back to 1x.
     panel = cv2.resize(panel, (panel.shape[1] // 2, panel.shape[0] // 2),
                        interpolation=cv2.INTER_AREA)
-    cv2.imwrite(os.path.join(FLAGS.runs, "figure.png"), panel[..., ::-1])
+    for path in (os.path.join(FLAGS.runs, "figure.png"), FLAGS.figure):
+        cv2.imwrite(path, panel[..., ::-1])
 
 
 def flagfile_settings(name):
@@ -383,7 +398,7 @@ def write_json(results, path):
 
 
 def main(argv):
-    """Writes the JSON, report.md and figure.png; prints the report."""
+    """Writes the JSON, report.md, RESULTS.md and the figure; prints the report."""
     del argv
     info = datasets.get_dataset_info("camvid")
     seeds = [int(s) for s in FLAGS.seeds]
@@ -403,7 +418,50 @@ def main(argv):
     text = "\n".join(lines) + "\n"
     with open(os.path.join(FLAGS.runs, "report.md"), "w") as f:
         f.write(text)
+    with open(FLAGS.notes) as f:
+        notes = f.read()
+    write_text(results_markdown(text, notes, seeds, os.path.relpath(
+        FLAGS.figure, os.path.dirname(os.path.abspath(FLAGS.results_md))
+    )), FLAGS.results_md)
     print(text)
+
+
+def results_markdown(tables, notes, seeds, figure):
+    """RESULTS.md: what ran and how to rerun it, the report's tables, the figure, the notes."""
+    seed_list = ", ".join(str(s) for s in seeds)
+    return f"""# CamVid: CiSS-Net end to end on a 2-core CPU
+
+Written by `experiments/camvid_report.py` from the runs of `bash experiments/camvid.sh`
+(the prose after the tables comes from `experiments/camvid_notes.md`): every number below
+is read from the runs, so this file and `experiments/camvid_results.json` cannot disagree.
+CamVid (`../shared/camvid`: SegNet split, 367 train / 101 val images of 480x360, 11
+classes, void ignored) is the real benchmark of this project; mIoU is scored on val at the
+original 480x360. Stage 1 trains once; stage 2 runs CiSS-Net and its controls on the same
+frozen features with seeds {seed_list}.
+
+```bash
+bash experiments/camvid.sh runs/camvid            # CamVid read from ../shared/camvid (CAMVID=...)
+SEEDS="0" bash experiments/camvid.sh runs/camvid  # one seed only
+```
+
+{tables}
+## Figure: context maps on CamVid val
+
+![CamVid context maps]({figure})
+
+Three val images at the training scale, the first seed's CiSS-Net; columns: input, ground
+truth, then the p-map and the context map at t = 0, 1, 2 (the context map of step t is the
+one fed to step t + 1; uncertain pixels white).
+
+{notes.strip()}
+"""
+
+
+def write_text(text, path):
+    """Writes `text` to `path` (a complete file or none: written aside, then renamed)."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
 
 
 if __name__ == "__main__":

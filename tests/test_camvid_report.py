@@ -239,3 +239,13 @@ def test_camvid_sh_runs_every_run_and_seed_once_with_the_measured_keep_rate(tmp_
     reports = [c for c in calls if c.startswith("experiments/camvid_report.py")]
     assert reports == [f"experiments/camvid_report.py --runs={runs} "
                        f"--data_dir={runs}/data --seeds=0,1,2"] * 2
+
+
+def test_results_markdown_holds_the_tables_the_figure_and_the_notes():
+    tables = "## Issue 19 targets\n\n| target | met |\n"
+    text = report.results_markdown(tables, "## Notes\n\nprose.\n", [0, 1, 2], "figures/x.png")
+    assert text.startswith("# CamVid") and "seeds 0, 1, 2" in text
+    assert tables in text and "![CamVid context maps](figures/x.png)" in text
+    # The tables come before the figure, the notes last.
+    assert text.index(tables) < text.index("figures/x.png") < text.index("## Notes")
+    assert text.endswith("prose.\n")
