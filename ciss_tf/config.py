@@ -110,18 +110,23 @@ class ModelConfig:
 
 
 def build_model(cfg, num_classes, image_size=(32, 32)):
-    """The model of `cfg` with every variable created (one call on zeros of `image_size`).
+    """The model of `cfg` with every variable created (`create_variables`)."""
+    if cfg.stage == "pspnet":
+        model = build_pspnet(num_classes, cfg.preset, cfg.dropout, cfg.stem)
+    else:
+        model = build_ciss_net(
+            num_classes, cfg.preset, cfg.context_mode, cfg.dropout, cfg.stem,
+            cfg.context_encoder_norm, cfg.random_keep_rate,
+        )
+    return create_variables(model, image_size)
+
+
+def create_variables(model, image_size=(32, 32)):
+    """`model` (a `PSPNet` or `CissNet`) after one call on zeros of `image_size`.
 
     CiSS-Net runs one step, so the Bias Net and the Context Net exist even for a run that
     trains none (T = 0) and a checkpoint restores into every variable.
     """
-    if cfg.stage == "pspnet":
-        model = build_pspnet(num_classes, cfg.preset, cfg.dropout, cfg.stem)
-        model(tf.zeros((1, *image_size, 3)), training=False)
-        return model
-    model = build_ciss_net(
-        num_classes, cfg.preset, cfg.context_mode, cfg.dropout, cfg.stem,
-        cfg.context_encoder_norm, cfg.random_keep_rate,
-    )
-    model(tf.zeros((1, *image_size, 3)), training=False, num_steps=1)
+    steps = {"num_steps": 1} if isinstance(model, CissNet) else {}
+    model(tf.zeros((1, *image_size, 3)), training=False, **steps)
     return model

@@ -1,4 +1,4 @@
-"""Inference at the original image size, shared by evaluation, prediction and export.
+"""Inference at the original image size, shared by evaluation, prediction, serving, the demo.
 
 The network predicts at output stride 8. Logits go back to the input size with the
 original's `Interp` (bilinear, corners aligned: `ops.resize_bilinear`), context maps with
@@ -21,10 +21,10 @@ Every window runs the full unroll on its own: its context maps come from its own
 Probabilities are those of each requested step t (softmax of that step's logits), so one
 unroll to `max(steps)` gives every step.
 
-The module also holds what the three command-line tools share: building the model from
-the flags (or from a run folder's saved config, `load_run`) and restoring a checkpoint,
-the flags parser that lets them read an experiment's flagfile (which also holds training
-flags), and the check that their outputs are local paths.
+`segment` is the one path from images to labels and context maps at the output size
+(evaluation, prediction, serving, the demo and the TensorBoard panel). The module also
+loads a model from a `ModelConfig` (`load_model`) or a run folder's saved config
+(`load_run`) and checks that the tools' outputs are local paths.
 """
 
 import math
@@ -374,10 +374,9 @@ def load_run(run_dir):
       ValueError: no config or checkpoint there, or they do not fit each other.
     """
     path = checkpoints.resolve(run_dir)
-    model = checkpoints.model_from_config(run_dir)
-    # One step creates every variable (Bias Net and Context Net included).
-    dummy = tf.zeros([1, _BUILD_SIZE, _BUILD_SIZE, 3])
-    model(dummy, training=False, **({"num_steps": 1} if isinstance(model, CissNet) else {}))
+    model = config.create_variables(
+        checkpoints.model_from_config(run_dir), (_BUILD_SIZE, _BUILD_SIZE)
+    )
     return _restored(model, path), path
 
 
