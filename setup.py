@@ -32,7 +32,7 @@ setuptools.setup(
             "ciss-predict=ciss_tf.predict:run",
             "ciss-demo=ciss_tf.demo:run",
             "ciss-benchmark=ciss_tf.benchmark:run",
-            "ciss-import-pspnet=ciss_tf.import_pspnet:run",
+            "ciss-import-pspnet=ciss_tf.convert.import_pspnet:run",
             "ciss-build-tfrecords=data_prep.build_tfrecords:run",
         ]
     },

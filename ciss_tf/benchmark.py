@@ -75,9 +75,11 @@ import keras
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ciss_tf import cli, config, train
+from ciss_tf import train
 from ciss_tf.data import datasets, input_pipeline, synthetic, tfrecord
-from ciss_tf.fast_inference import FastCissNet
+from ciss_tf.modeling import config
+from ciss_tf.serving.fast_inference import FastCissNet
+from ciss_tf.tools import cli
 from ciss_tf.training import tasks
 from ciss_tf.training import trainer as training_trainer
 

@@ -7,8 +7,10 @@ import sys
 
 from absl import app, flags
 
-from ciss_tf import cli, train  # noqa: F401  (train: the --seed and --data_dir flags)
-from ciss_tf.tools import demo
+from ciss_tf.tools import (
+    cli,  # noqa: F401  (train: the --seed and --data_dir flags)
+    demo,
+)
 
 flags.DEFINE_string("workdir", "runs/demo", "Folder of the data, runs and results.")
 flags.DEFINE_enum(
@@ -21,7 +23,7 @@ flags.DEFINE_enum(
     "default: the real demo; test: a few steps on tiny images (for the test suite).",
 )
 flags.DEFINE_integer("data_seed", 0, "Seed of the synthetic dataset.")
-# The demo also reads these two (defined by ciss_tf.train and ciss_tf.command_flags): list
+# The demo also reads these two (defined by ciss_tf.train and ciss_tf.tools.command_flags): list
 # them in --help.
 flags.declare_key_flag("seed")
 flags.declare_key_flag("data_dir")

@@ -6,7 +6,7 @@ r"""Evaluates a CiSS-Net checkpoint: mIoU and pixel accuracy at chosen steps (Ta
 Scores come from one confusion matrix per step summed over the whole split, at the original
 image resolution (`ciss_tf.metrics`). One unroll to `max(--eval_steps)` gives every step.
 `--eval_scales`, `--eval_flip` and `--crop_size` switch on PSPNet's multi-scale, mirrored
-and sliding-window inference (`ciss_tf.inference.Segmenter`); read from an experiment's
+and sliding-window inference (`ciss_tf.modeling.segmenter.Segmenter`); read from an experiment's
 flagfile, `--crop_size` is the training crop, which is PSPNet's evaluation window.
 
 The JSON file holds `{"steps": {"0": {"miou", "pixel_accuracy", "iou": [...], ...}, ...}}`
@@ -26,8 +26,8 @@ import math
 
 from absl import flags
 
-from ciss_tf import command_flags, inference
-from ciss_tf.evaluation import evaluator
+from ciss_tf.evaluation import evaluator, segmenter
+from ciss_tf.tools import command_flags
 
 FLAGS = flags.FLAGS
 
@@ -56,7 +56,7 @@ def define_flags():
         "than it; unset: whole images.",
     )
     flags.DEFINE_enum(
-        "eval_policy", "greedy", list(inference.POLICIES),
+        "eval_policy", "greedy", list(segmenter.POLICIES),
         "greedy: argmax of the Context Net's policy; sample: Bernoulli actions.",
     )
     flags.DEFINE_integer("seed", 0, "Seed of the sampled actions (--eval_policy=sample).")

@@ -15,9 +15,10 @@ import time
 
 from absl import flags, logging
 
-from ciss_tf import checkpoints, command_flags, inference
 from ciss_tf.data import datasets
+from ciss_tf.modeling import checkpoints
 from ciss_tf.serving import exporter
+from ciss_tf.tools import command_flags
 
 FLAGS = flags.FLAGS
 
@@ -45,7 +46,7 @@ def define_flags():
     )
     flags.DEFINE_bool(
         "fast", True,
-        "Serve the exact inference-time rewrite (ciss_tf.fast_inference); --nofast serves "
+        "Serve the exact inference-time rewrite (ciss_tf.serving.fast_inference); --nofast serves "
         "the plain model.",
     )
 
@@ -61,7 +62,7 @@ def export_from_flags():
     if version is None:
         version = checkpoints.step_of(path) or int(time.time())
     exporter.check_settings(FLAGS.export_dir, version, FLAGS.unroll_steps, FLAGS.max_image_size)
-    model, _ = inference.load_model(command_flags.model_config("ciss"), info.num_classes, path)
+    model, _ = checkpoints.load_model(command_flags.model_config("ciss"), info.num_classes, path)
     target = exporter.export_saved_model(
         model, FLAGS.export_dir, version, num_steps=FLAGS.unroll_steps,
         max_image_size=FLAGS.max_image_size, fast=FLAGS.fast, input_scale=FLAGS.input_scale,

@@ -27,8 +27,9 @@ import numpy as np
 import tensorflow as tf
 from absl import flags, logging
 
-from ciss_tf import command_flags, inference
 from ciss_tf.data import datasets, preprocessing
+from ciss_tf.modeling import checkpoints, inference
+from ciss_tf.tools import command_flags
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 FLAGS = flags.FLAGS
@@ -153,7 +154,7 @@ def predict_from_flags():
     for name in ("checkpoint", "input", "output_dir"):
         if not FLAGS[name].value:
             raise ValueError(f"--{name} is required")
-    inference.check_local_output(FLAGS.output_dir, "--output_dir")
+    command_flags.check_local_output(FLAGS.output_dir, "--output_dir")
     if FLAGS.unroll_steps < 0:
         raise ValueError(f"--num_steps must be >= 0, got {FLAGS.unroll_steps}")
     if not 0.0 <= FLAGS.overlay_alpha <= 1.0:
@@ -162,7 +163,7 @@ def predict_from_flags():
     files = list_images(FLAGS.input)
     for file in files:
         read_image(file)
-    model, checkpoint = inference.load_model(
+    model, checkpoint = checkpoints.load_model(
         command_flags.model_config("ciss"), info.num_classes, FLAGS.checkpoint
     )
     logging.info("Predicting %d image(s) with %s", len(files), checkpoint)

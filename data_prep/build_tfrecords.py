@@ -37,8 +37,8 @@ import tempfile
 import tensorflow as tf
 from absl import app, flags, logging
 
-from ciss_tf import cli
 from ciss_tf.data import datasets
+from ciss_tf.tools import cli
 from data_prep import sources, writer
 
 _DATASET = flags.DEFINE_enum("dataset", None, list(datasets.DATASET_NAMES), "Dataset to convert.")

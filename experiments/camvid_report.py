@@ -37,8 +37,9 @@ import cv2
 import numpy as np
 from absl import app, flags
 
-from ciss_tf import inference, ops, train
+from ciss_tf import train
 from ciss_tf.data import datasets, input_pipeline, preprocessing
+from ciss_tf.modeling import checkpoints, ops
 from ciss_tf.serving import exporter
 from ciss_tf.tools import demo
 from ciss_tf.training import summaries
@@ -305,8 +306,8 @@ def wall_time_table(runs, seeds):
 
 
 def load_run(folder):
-    """The model of a run folder as it was trained (`inference.load_run`)."""
-    model, _ = inference.load_run(folder)
+    """The model of a run folder as it was trained (`checkpoints.load_run`)."""
+    model, _ = checkpoints.load_run(folder)
     return model
 
 

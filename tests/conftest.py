@@ -18,7 +18,7 @@ def varied_tiny_net(num_classes):
     import keras  # noqa: PLC0415  (after the environment above is set)
     import tensorflow as tf  # noqa: PLC0415
 
-    from ciss_tf import config  # noqa: PLC0415
+    from ciss_tf.modeling import config  # noqa: PLC0415
 
     keras.utils.set_random_seed(0)
     net = config.build_ciss_net(num_classes, "tiny")

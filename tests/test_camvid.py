@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import checkpoints, config
 from ciss_tf.data import input_pipeline
 from ciss_tf.evaluation import evaluator
+from ciss_tf.modeling import checkpoints, config
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "camvid"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import checkpoints, config
 from ciss_tf.data import datasets
+from ciss_tf.modeling import checkpoints, config
 from ciss_tf.tools import demo
 
 ROOT = Path(__file__).resolve().parents[1]

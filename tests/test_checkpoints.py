@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import checkpoints, config
+from ciss_tf.modeling import checkpoints, config
 
 
 def _built(builder, *args, seed):

@@ -6,7 +6,8 @@ import pytest
 from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as official  # noqa: N813
 from cityscapesscripts.helpers.labels import id2label, labels, trainId2label
 
-from ciss_tf import cityscapes_eval, metrics
+from ciss_tf import metrics
+from ciss_tf.evaluation import cityscapes
 
 HEIGHT, WIDTH = 64, 128
 NUM_CLASSES = 19
@@ -81,8 +82,8 @@ def cityscapes_val(tmp_path):
         gt_train = LABEL_TO_TRAIN[label_ids]
         pred_train = noisy_prediction(rng, gt_train)
         image_name = gt_name.replace("gtFine_labelIds", "leftImg8bit")
-        cityscapes_eval.write_prediction(
-            results_dir, image_name, cityscapes_eval.train_ids_to_label_ids(pred_train)
+        cityscapes.write_prediction(
+            results_dir, image_name, cityscapes.train_ids_to_label_ids(pred_train)
         )
         confusion += metrics.confusion_matrix(gt_train, pred_train, NUM_CLASSES)
     return results_dir, gt_dir, confusion
@@ -90,7 +91,7 @@ def cityscapes_val(tmp_path):
 
 def test_miou_equals_official_iou_class(cityscapes_val):
     results_dir, gt_dir, confusion = cityscapes_val
-    official_scores = cityscapes_eval.run_official_evaluation(str(results_dir), str(gt_dir))
+    official_scores = cityscapes.run_official_evaluation(str(results_dir), str(gt_dir))
     ours = metrics.segmentation_scores(confusion)
 
     # The official script computes a per-label IoU for all 34 label ids; ignoreInEval labels
@@ -127,9 +128,9 @@ def test_hand_computed_single_car(tmp_path):
     pred = np.full((HEIGHT, WIDTH), road)
     pred[10:20, 30:45] = car  # 150 of the car's pixels found, 50 missed
     pred[40:43, 0:10] = car  # 30 road pixels called car
-    cityscapes_eval.write_prediction(tmp_path / "results", gt_name, pred)
+    cityscapes.write_prediction(tmp_path / "results", gt_name, pred)
 
-    scores = cityscapes_eval.run_official_evaluation(str(tmp_path / "results"), str(gt_dir))
+    scores = cityscapes.run_official_evaluation(str(tmp_path / "results"), str(gt_dir))
 
     # road: TP = all - 200 car - 30 false car, FN = 30, FP = 50
     road_iou = (HEIGHT * WIDTH - 230) / (HEIGHT * WIDTH - 150)
@@ -153,10 +154,10 @@ def test_perfect_prediction_scores_one(tmp_path):
     gt_name = write_ground_truth(gt_dir, "bonn", 7, label_ids, instance_ids)
     # Ignored ground truth may be predicted as anything; take road.
     pred_train = np.where(LABEL_TO_TRAIN[label_ids] == 255, 0, LABEL_TO_TRAIN[label_ids])
-    cityscapes_eval.write_prediction(
-        tmp_path / "results", gt_name, cityscapes_eval.train_ids_to_label_ids(pred_train)
+    cityscapes.write_prediction(
+        tmp_path / "results", gt_name, cityscapes.train_ids_to_label_ids(pred_train)
     )
-    scores = cityscapes_eval.run_official_evaluation(str(tmp_path / "results"), str(gt_dir))
+    scores = cityscapes.run_official_evaluation(str(tmp_path / "results"), str(gt_dir))
     for key in ("iou_class", "iiou_class", "iou_category", "iiou_category"):
         assert scores[key] == pytest.approx(1.0), key
     # No JSON export next to the predictions, and the official module is left as found.
@@ -169,22 +170,22 @@ def test_missing_prediction_names_ground_truth(tmp_path):
     label_ids = np.full((HEIGHT, WIDTH), 7)
     write_ground_truth(gt_dir, "ulm", 1, label_ids, label_ids)
     write_ground_truth(gt_dir, "ulm", 2, label_ids, label_ids)
-    cityscapes_eval.write_prediction(tmp_path / "results", "ulm_000000_000001_x.png", label_ids)
+    cityscapes.write_prediction(tmp_path / "results", "ulm_000000_000001_x.png", label_ids)
     with pytest.raises(ValueError, match="Found no prediction .*ulm_000000_000002_gtFine"):
-        cityscapes_eval.run_official_evaluation(str(tmp_path / "results"), str(gt_dir))
+        cityscapes.run_official_evaluation(str(tmp_path / "results"), str(gt_dir))
 
 
 def test_bad_folders_raise(tmp_path):
     (tmp_path / "results").mkdir()
     with pytest.raises(ValueError, match="gt_dir .*is not a directory"):
-        cityscapes_eval.run_official_evaluation(str(tmp_path / "results"), str(tmp_path / "nope"))
+        cityscapes.run_official_evaluation(str(tmp_path / "results"), str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="holds no"):
-        cityscapes_eval.run_official_evaluation(str(tmp_path / "results"), str(tmp_path))
+        cityscapes.run_official_evaluation(str(tmp_path / "results"), str(tmp_path))
 
 
 def test_train_ids_to_label_ids_follows_official_table():
     train_ids = np.arange(NUM_CLASSES).reshape(1, NUM_CLASSES)
-    label_ids = cityscapes_eval.train_ids_to_label_ids(train_ids)
+    label_ids = cityscapes.train_ids_to_label_ids(train_ids)
     assert label_ids.dtype == np.uint8 and label_ids.shape == train_ids.shape
     for k in range(NUM_CLASSES):
         assert id2label[int(label_ids[0, k])].trainId == k
@@ -198,17 +199,17 @@ def test_train_ids_to_label_ids_follows_official_table():
 @pytest.mark.parametrize("bad", [19, 255, -1])
 def test_train_ids_to_label_ids_rejects_non_train_ids(bad):
     with pytest.raises(ValueError, match=rf"\[{bad}\]"):
-        cityscapes_eval.train_ids_to_label_ids(np.array([0, bad, 3]))
+        cityscapes.train_ids_to_label_ids(np.array([0, bad, 3]))
 
 
 def test_write_prediction_name_and_content(tmp_path):
     label_ids = np.arange(24, dtype=np.int32).reshape(4, 6) + 7
     image_path = b"/data/leftImg8bit/val/frankfurt/frankfurt_000001_011835_leftImg8bit.png"
-    path = cityscapes_eval.write_prediction(tmp_path / "out", image_path, label_ids)
+    path = cityscapes.write_prediction(tmp_path / "out", image_path, label_ids)
     assert path == str(tmp_path / "out" / "frankfurt_000001_011835_pred_labelIds.png")
     np.testing.assert_array_equal(cv2.imread(path, cv2.IMREAD_UNCHANGED), label_ids)
     # The official matcher finds it for the matching ground truth.
-    args = cityscapes_eval._official_args(str(tmp_path / "out"))
+    args = cityscapes._official_args(str(tmp_path / "out"))
     assert official.getPrediction(args, "x/frankfurt_000001_011835_gtFine_labelIds.png") == path
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "frankfurt_000001_011835_pred_labelIds.png"
@@ -226,5 +227,5 @@ def test_write_prediction_name_and_content(tmp_path):
 )
 def test_write_prediction_rejects_bad_input(tmp_path, name, array, message):
     with pytest.raises(ValueError, match=message):
-        cityscapes_eval.write_prediction(tmp_path / "out", name, array)
+        cityscapes.write_prediction(tmp_path / "out", name, array)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

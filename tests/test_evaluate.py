@@ -16,9 +16,9 @@ import tensorflow as tf
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
 from conftest import cli_error_line, varied_tiny_net
 
-from ciss_tf import checkpoints, cityscapes_eval, config, inference, ops
 from ciss_tf.data import input_pipeline, preprocessing, synthetic, tfrecord
-from ciss_tf.evaluation import evaluator
+from ciss_tf.evaluation import cityscapes, evaluator, segmenter
+from ciss_tf.modeling import checkpoints, config, ops
 
 NUM_CLASSES = synthetic.NUM_CLASSES
 SIZES = ((37, 53), (29, 41))
@@ -102,11 +102,11 @@ def _reference_predictions(net, examples, step, **kwargs):
 
 def test_sliding_windows_follow_pspnet_grid():
     # Stride ceil(6 * 2/3) = 4; the last window is shifted back to end at the border.
-    assert inference.sliding_windows((10, 7), (6, 6)) == [
+    assert segmenter.sliding_windows((10, 7), (6, 6)) == [
         (0, 0, 6, 6), (0, 1, 6, 7), (4, 0, 10, 6), (4, 1, 10, 7),
     ]
     # Shorter than the crop along an axis: one window starting at 0, cut at the border.
-    assert inference.sliding_windows((4, 13), (6, 6)) == [
+    assert segmenter.sliding_windows((4, 13), (6, 6)) == [
         (0, 0, 4, 6), (0, 4, 4, 10), (0, 7, 4, 13),
     ]
     # One rounding rule (half up, at least 1) for inference and the training augmentation.
@@ -162,10 +162,10 @@ def test_evaluate_model_scores_a_pspnet_at_step_0(data_dir):
 
 def test_scale_one_without_flip_and_a_crop_larger_than_the_image_are_single_pass(net):
     images = tf.random.stateless_normal([1, 37, 53, 3], seed=[3, 4], stddev=60.0)
-    single = inference.Segmenter(net, (0, 1)).labels(images)
+    single = segmenter.Segmenter(net, (0, 1)).labels(images)
     # The multi-scale and sliding-window path: two scales of 1.0 average to the same
     # probabilities, and a crop larger than the image leaves it whole and unpadded.
-    general = inference.Segmenter(net, (0, 1), scales=(1.0, 1.0), crop_size=(40, 64))
+    general = segmenter.Segmenter(net, (0, 1), scales=(1.0, 1.0), crop_size=(40, 64))
     assert single.shape == (2, 1, 37, 53)
     np.testing.assert_array_equal(general.labels(images), single)
 
@@ -173,8 +173,8 @@ def test_scale_one_without_flip_and_a_crop_larger_than_the_image_are_single_pass
 def test_multi_scale_flip_and_sliding_window_follow_pspnet(net):
     image = tf.random.stateless_normal([1, 37, 53, 3], seed=[5, 6], stddev=60.0)
     scales, crop, step = (0.6, 1.0), (24, 24), 1
-    segmenter = inference.Segmenter(net, (step,), scales=scales, flip=True, crop_size=crop)
-    labels = segmenter.labels(image)
+    segment = segmenter.Segmenter(net, (step,), scales=scales, flip=True, crop_size=crop)
+    labels = segment.labels(image)
 
     # PSPNet's protocol written out directly. At scale 1.0 six 24x24 windows; at 0.6 the
     # 22x32 image is cut into two 22x24 windows padded with 0 to 24x24.
@@ -184,7 +184,7 @@ def test_multi_scale_flip_and_sliding_window_follow_pspnet(net):
         scaled = image if size == (37, 53) else _resize(image, size)
         summed = np.zeros([*size, NUM_CLASSES])
         count = np.zeros([*size, 1])
-        for top, left, bottom, right in inference.sliding_windows(size, crop):
+        for top, left, bottom, right in segmenter.sliding_windows(size, crop):
             tile = np.zeros([1, *crop, 3], np.float32)
             tile[0, : bottom - top, : right - left] = scaled[0, top:bottom, left:right]
             batch = np.concatenate([tile, tile[:, :, ::-1]])
@@ -311,7 +311,7 @@ def test_our_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):
     assert sorted(os.listdir(results_dir)) == [
         "ulm_000000_000000_pred_labelIds.png", "ulm_000000_000001_pred_labelIds.png"
     ]
-    official = cityscapes_eval.run_official_evaluation(str(results_dir), str(gt_dir))
+    official = cityscapes.run_official_evaluation(str(results_dir), str(gt_dir))
     ours = results["steps"]["1"]
     assert sum(not math.isnan(v) for v in ours["iou"]) >= 10
     assert official["iou_class"] == pytest.approx(ours["miou"], abs=1e-9)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import checkpoints, config, metrics, ops, train
+from ciss_tf import metrics, train
 from ciss_tf.data import datasets, input_pipeline
+from ciss_tf.modeling import checkpoints, config, ops
 from ciss_tf.training import trainer
 
 ROOT = Path(__file__).resolve().parents[1]

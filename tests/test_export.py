@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 from conftest import cli_error_line, varied_tiny_net
 
-from ciss_tf import checkpoints, predict
+from ciss_tf import predict
 from ciss_tf.data import preprocessing, synthetic
+from ciss_tf.modeling import checkpoints
 from ciss_tf.serving import exporter
 
 # Run in a fresh process: nothing of the exporter's Python objects is available there.

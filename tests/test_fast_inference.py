@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import config, inference, ops, ppm
-from ciss_tf.fast_inference import (
+from ciss_tf.modeling import config, inference, ops, ppm
+from ciss_tf.modeling.ppm import fold_batch_norm
+from ciss_tf.serving.fast_inference import (
     FastCissNet,
     conv3x3_of_upsampled,
     pyramid_pool,
     shifted_interpolation,
     tap_major,
 )
-from ciss_tf.ppm import fold_batch_norm
-from ciss_tf.winograd import winograd_conv3x3, winograd_kernel
+from ciss_tf.serving.winograd import winograd_conv3x3, winograd_kernel
 
 NUM_CLASSES = 5
 TOLERANCE = dict(rtol=1e-4, atol=1e-4)

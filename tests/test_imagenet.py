@@ -9,8 +9,9 @@ import tensorflow as tf
 # The writer of the published `resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5` format.
 from keras.src.legacy.saving import legacy_h5_format
 
-from ciss_tf import config, imagenet
-from ciss_tf.backbone import KERAS_BN_EPSILON, DilatedResNet
+from ciss_tf.convert import imagenet
+from ciss_tf.modeling import config
+from ciss_tf.modeling.backbone import KERAS_BN_EPSILON, DilatedResNet
 
 
 @pytest.fixture(scope="module")

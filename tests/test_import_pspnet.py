@@ -16,9 +16,9 @@ import pytest
 import tensorflow as tf
 from conftest import cli_error_line
 
-from ciss_tf import caffe, checkpoints, config
-from ciss_tf.convert import pspnet_weights
-from ciss_tf.pspnet import FeatureNet, PSPNet
+from ciss_tf.convert import caffe, pspnet_weights
+from ciss_tf.modeling import checkpoints, config
+from ciss_tf.modeling.pspnet import FeatureNet, PSPNet
 
 BN_NAMES = ("scale", "offset", "mean", "variance")
 RESNET50 = dict(depths=(3, 4, 6, 3), width=64, stem=(64, 64, 128), ppm=512, head=512)
@@ -469,8 +469,8 @@ def test_negative_variance_and_bn_epsilon_are_refused(tiny_model):
 
 def _run(args):
     return subprocess.Popen(
-        [sys.executable, "-m", "ciss_tf.import_pspnet", "--preset=tiny", "--dataset=synthetic",
-         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "ciss_tf.convert.import_pspnet", "--preset=tiny",
+         "--dataset=synthetic", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import config, losses
+from ciss_tf.modeling import config
+from ciss_tf.training import losses
 
 NUM_CLASSES = 4
 

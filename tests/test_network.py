@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import config, ops, ppm
-from ciss_tf.backbone import DilatedResNet
-from ciss_tf.context_net import ContextNet
-from ciss_tf.model import CissNet, context_actions, sample_actions
-from ciss_tf.pspnet import PSPNet
-from ciss_tf.segment_net import BaseNet, BiasNet
+from ciss_tf.modeling import config, ops, ppm
+from ciss_tf.modeling.backbone import DilatedResNet
+from ciss_tf.modeling.ciss_net import CissNet, context_actions, sample_actions
+from ciss_tf.modeling.context_net import ContextNet
+from ciss_tf.modeling.pspnet import PSPNet
+from ciss_tf.modeling.segment_net import BaseNet, BiasNet
 
 NUM_CLASSES = 5
 

@@ -10,8 +10,10 @@ import tensorflow as tf
 from absl import flags
 from conftest import cli_error_line, varied_tiny_net
 
-from ciss_tf import checkpoints, command_flags, predict
+from ciss_tf import predict
 from ciss_tf.data import preprocessing, synthetic
+from ciss_tf.modeling import checkpoints
+from ciss_tf.tools import command_flags
 
 WHITE = [255, 255, 255]
 

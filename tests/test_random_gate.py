@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ciss_tf import checkpoints, config
-from ciss_tf.fast_inference import FastCissNet
-from ciss_tf.model import CissNet, random_gate_actions
+from ciss_tf.modeling import checkpoints, config
+from ciss_tf.modeling.ciss_net import CissNet, random_gate_actions
+from ciss_tf.serving.fast_inference import FastCissNet
 
 NUM_CLASSES = 5
 IMAGES = tf.random.stateless_normal([3, 64, 64, 3], seed=[4, 2]) * 50.0

@@ -14,9 +14,10 @@ import pytest
 import tensorflow as tf
 from conftest import varied_tiny_net
 
-from ciss_tf import checkpoints, config, inference
-from ciss_tf.config import ModelConfig
 from ciss_tf.data import datasets
+from ciss_tf.evaluation import segmenter
+from ciss_tf.modeling import checkpoints, config
+from ciss_tf.modeling.config import ModelConfig
 from ciss_tf.training import optimizers as optimizers_lib
 from ciss_tf.training import summaries, tasks
 from ciss_tf.training.config import OptimizerConfig, TrainConfig
@@ -498,7 +499,7 @@ def test_tensorboard_panel_shows_the_labels_evaluation_scores():
     preview = {"image": images, "label": tf.zeros([1, 37, 53], tf.int32)}
     cfg = TrainConfig(model=ModelConfig(preset="tiny"), model_dir=None, unroll_steps=2)
     panel = tasks.CissTask(cfg, info).image_panel(model, preview)
-    expected = inference.Segmenter(model, (0, 1, 2)).labels(images).numpy()[:, 0]
+    expected = segmenter.Segmenter(model, (0, 1, 2)).labels(images).numpy()[:, 0]
     assert panel.shape == (3, 37, 4 * 53, 3)
     for t in range(3):
         np.testing.assert_array_equal(

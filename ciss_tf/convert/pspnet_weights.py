@@ -1,9 +1,9 @@
-r"""The official PSPNet weights (Caffe) in a stage-1 PSPNet (`python -m ciss_tf.import_pspnet`).
+r"""The official PSPNet weights (Caffe) as a stage-1 PSPNet (`ciss_tf.convert.import_pspnet`).
 
 The paper's feature nets are the official PSPNet models (PSPNet-50 on ADE20K, PSPNet-101 on
 Cityscapes), released as Caffe models. `--weights` is either
 
-* the `.caffemodel` itself, read by `ciss_tf.caffe` (no Caffe needed), or
+* the `.caffemodel` itself, read by `ciss_tf.convert.caffe` (no Caffe needed), or
 * the NumPy dict the original code loads: `np.save` of `{layer: {name: array}}` keyed by
   Caffe layer name with `/` written `_` (`conv1_1_3x3_s2`, `conv1_1_3x3_s2_bn`, ...);
   convolutions hold `weights` (`[kh, kw, in, out]`) and optionally `biases`, batch norms
@@ -70,8 +70,9 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from ciss_tf import caffe, checkpoints, imagenet
-from ciss_tf.ppm import ConvWeights
+from ciss_tf.convert import caffe, imagenet
+from ciss_tf.modeling import checkpoints
+from ciss_tf.modeling.ppm import ConvWeights
 
 BN_EPSILON = 1e-5
 # Names of a batch norm's four tensors in the NumPy dict, in Caffe's blob order.

@@ -7,7 +7,7 @@ another scale is resized by `rescale_images`, its size rounded by the one rule o
 
 import tensorflow as tf
 
-from ciss_tf import ops
+from ciss_tf.modeling import ops
 
 MEAN_RGB = (123.68, 116.779, 103.939)
 

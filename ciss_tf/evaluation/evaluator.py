@@ -3,7 +3,7 @@
 Scores come from one confusion matrix per step summed over the whole split, at the original
 image resolution (`ciss_tf.metrics`). One unroll to `max(eval_steps)` gives every step.
 `scales`, `flip` and `crop_size` switch on PSPNet's multi-scale, mirrored and
-sliding-window inference (`ciss_tf.inference.Segmenter`).
+sliding-window inference (`ciss_tf.evaluation.segmenter.Segmenter`).
 
 * `evaluate_model`: scores of a built model on a dataset (in process);
 * `run_evaluation(EvalConfig)`: the whole tool: loads the checkpoint, scores the split,
@@ -24,9 +24,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from ciss_tf import cityscapes_eval, inference, metrics
-from ciss_tf.config import ModelConfig
+from ciss_tf import metrics
 from ciss_tf.data import datasets, input_pipeline, tfrecord
+from ciss_tf.evaluation import cityscapes, segmenter
+from ciss_tf.modeling import checkpoints
+from ciss_tf.modeling.config import ModelConfig
+from ciss_tf.tools import command_flags
 
 DEFAULT_EVAL_STEPS = (0, 2, 4, 6)
 
@@ -80,7 +83,7 @@ def evaluate_model(model, dataset, *, num_classes, eval_steps=DEFAULT_EVAL_STEPS
       num_classes: Nc.
       eval_steps: steps t to score.
       ignore_label: label of pixels left out of the scores.
-      scales: image scales averaged (see `inference.Segmenter`).
+      scales: image scales averaged (see `segmenter.Segmenter`).
       flip: also average the mirrored image.
       crop_size: sliding-window `(height, width)`, or None for whole images.
       policy: "greedy" or "sample".
@@ -96,7 +99,7 @@ def evaluate_model(model, dataset, *, num_classes, eval_steps=DEFAULT_EVAL_STEPS
       ValueError: bad settings, or `dataset` is empty.
     """
     steps = tuple(eval_steps)
-    segmenter = inference.Segmenter(
+    segment = segmenter.Segmenter(
         model, steps, scales=scales, flip=flip, crop_size=crop_size, policy=policy, seed=seed
     )
 
@@ -117,7 +120,7 @@ def evaluate_model(model, dataset, *, num_classes, eval_steps=DEFAULT_EVAL_STEPS
     for batch in dataset:
         batch_size = int(batch["label"].shape[0])
         sample_ids = tf.range(count, count + batch_size, dtype=tf.int64)
-        predictions = segmenter.labels(batch["image"], sample_ids)
+        predictions = segment.labels(batch["image"], sample_ids)
         confusion += confusions(tf.cast(batch["label"], tf.int32), predictions).numpy()
         if on_prediction is not None:
             predictions = predictions.numpy()
@@ -143,8 +146,8 @@ def evaluate_model(model, dataset, *, num_classes, eval_steps=DEFAULT_EVAL_STEPS
 def cityscapes_writer(results_dir, step):
     """An `on_prediction` callback writing step `step` as official Cityscapes label-id PNGs."""
     def write(filename, labels_by_step):
-        label_ids = cityscapes_eval.train_ids_to_label_ids(labels_by_step[step])
-        cityscapes_eval.write_prediction(results_dir, filename, label_ids)
+        label_ids = cityscapes.train_ids_to_label_ids(labels_by_step[step])
+        cityscapes.write_prediction(results_dir, filename, label_ids)
 
     return write
 
@@ -248,8 +251,8 @@ def run_evaluation(cfg):
         (the message names the flag or file).
     """
     steps = cfg.eval_steps
-    inference.check_local_output(cfg.output_json, "--output_json")
-    inference.check_local_output(cfg.cityscapes_results_dir, "--cityscapes_results_dir")
+    command_flags.check_local_output(cfg.output_json, "--output_json")
+    command_flags.check_local_output(cfg.cityscapes_results_dir, "--cityscapes_results_dir")
     info = datasets.get_dataset_info(cfg.dataset)
     results_dir, gt_dir = cfg.cityscapes_results_dir, cfg.cityscapes_gt_dir
     if (results_dir or gt_dir) and info.name != "cityscapes":
@@ -270,7 +273,7 @@ def run_evaluation(cfg):
     num_images = sum(counts)
     if cfg.max_images > 0:
         num_images = min(num_images, cfg.max_images)
-    model, checkpoint = inference.load_model(cfg.model, info.num_classes, cfg.checkpoint)
+    model, checkpoint = checkpoints.load_model(cfg.model, info.num_classes, cfg.checkpoint)
     logging.info("Evaluating %s on %d %s images at steps %s", checkpoint, num_images, split,
                  list(steps))
     dataset = input_pipeline.eval_dataset(
@@ -299,7 +302,7 @@ def run_evaluation(cfg):
     }
     print(format_table(results, info.class_names))
     if gt_dir:
-        official = cityscapes_eval.run_official_evaluation(results_dir, gt_dir)
+        official = cityscapes.run_official_evaluation(results_dir, gt_dir)
         report["cityscapes"] = {"step": cfg.cityscapes_step, **official}
         ours = results["steps"][str(cfg.cityscapes_step)]["miou"]
         print(

@@ -50,8 +50,9 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from ciss_tf import checkpoints, config, inference, metrics, ops, train
+from ciss_tf import metrics, train
 from ciss_tf.data import datasets, input_pipeline, preprocessing
+from ciss_tf.modeling import checkpoints, config, inference, ops
 from ciss_tf.serving import exporter
 from ciss_tf.training import trainer
 
@@ -230,7 +231,7 @@ def greedy_unroll(model, num_steps=EVAL_STEPS[-1]):
 
     Returns:
       `fn(images)` -> dict: `labels` int32 `[T+1, B, H, W]` (class ids at the input size,
-      logits upsampled as `ciss_tf.inference` does), `small_labels` int32 `[T+1, B, h, w]`
+      logits upsampled as `ciss_tf.modeling.inference` does), `small_labels` int32 `[T+1, B, h, w]`
       (the same at stride 8), `context` and `actions` int32 `[T, B, h, w]`.
     """
 

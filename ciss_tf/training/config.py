@@ -7,7 +7,7 @@ build it the same way (`ciss_tf.train.parse_config`) or directly.
 
 import dataclasses
 
-from ciss_tf.config import ModelConfig
+from ciss_tf.modeling.config import ModelConfig
 
 OPTIMIZERS = ("sgd", "adamw")
 BASE_INITS = ("fresh", "pspnet")

@@ -14,8 +14,10 @@ any task under `tf.distribute` (step, checkpoints, resume, logging) without know
 import numpy as np
 from absl import logging
 
-from ciss_tf import checkpoints, config, imagenet, inference, losses, ops
+from ciss_tf.convert import imagenet
 from ciss_tf.data import datasets, preprocessing
+from ciss_tf.modeling import checkpoints, config, inference, ops
+from ciss_tf.training import losses
 from ciss_tf.training.optimizers import VariableGroup
 
 _IMAGENET_DEPTHS = {"resnet50": 50, "resnet101": 101}

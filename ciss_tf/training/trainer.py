@@ -21,9 +21,9 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from ciss_tf import checkpoints
 from ciss_tf.data import datasets, input_pipeline
 from ciss_tf.evaluation import evaluator
+from ciss_tf.modeling import checkpoints
 from ciss_tf.training import optimizers, summaries, tasks
 
 

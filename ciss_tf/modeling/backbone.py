@@ -6,7 +6,7 @@ Layout, as in the official PSPNet and the CiSS-Net feature net (SPEC.md section 
   stride 2), then 3x3 max pool with stride 2 and padding 1;
 * or (`stem="resnet"`) the ImageNet ResNet v1 stem of torchvision and Keras: one 7x7 conv
   of `width` channels, stride 2, padding 3, then the same max pool. This variant starts
-  from Keras ImageNet weights (`ciss_tf.imagenet`) and therefore also takes Keras's batch
+  from Keras ImageNet weights (`ciss_tf.convert.imagenet`) and therefore also takes Keras's batch
   norm epsilon, 1.001e-5, everywhere;
 * res2..res5 of bottleneck blocks (1x1 reduce, 3x3, 1x1 increase, expansion 4);
 * res3 downsamples with stride 2 on its first 1x1 conv and projection (caffe ResNet v1,
@@ -27,7 +27,7 @@ Inference rewrites and weight importers reach the convs through `DilatedResNet.s
 import keras
 import tensorflow as tf
 
-from ciss_tf import ppm
+from ciss_tf.modeling import ppm
 
 EXPANSION = 4
 STEMS = ("deep", "resnet")

@@ -1,6 +1,6 @@
 r"""Imports the official PSPNet weights (Caffe) into a stage-1 PSPNet checkpoint.
 
-    python -m ciss_tf.import_pspnet --flagfile=experiments/ade20k_pspnet.flags \
+    python -m ciss_tf.convert.import_pspnet --flagfile=experiments/ade20k_pspnet.flags \
         --weights=pspnet50_ADE20K.caffemodel --output=runs/pspnet50_ade20k/imported
 
 The model is the PSPNet the flags describe (`--preset`, `--dataset`, `--stem` must be
@@ -12,9 +12,10 @@ import os
 
 from absl import flags
 
-from ciss_tf import checkpoints, command_flags, config
 from ciss_tf.convert import pspnet_weights
 from ciss_tf.data import datasets
+from ciss_tf.modeling import checkpoints, config
+from ciss_tf.tools import command_flags
 
 FLAGS = flags.FLAGS
 

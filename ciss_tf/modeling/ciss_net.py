@@ -23,9 +23,9 @@ CiSS-Net minus it is what the Context Net's choice adds; no RL, like "pmap").
 import keras
 import tensorflow as tf
 
-from ciss_tf.context_net import ContextNet
-from ciss_tf.pspnet import FeatureNet
-from ciss_tf.segment_net import BaseNet, BiasNet
+from ciss_tf.modeling.context_net import ContextNet
+from ciss_tf.modeling.pspnet import FeatureNet
+from ciss_tf.modeling.segment_net import BaseNet, BiasNet
 
 CONTEXT_MODES = ("learned", "pmap", "none", "random")
 # Seed of the random gate's draws when they are not sampled (evaluation, export): fixed, so

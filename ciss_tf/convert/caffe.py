@@ -18,7 +18,7 @@ hold weights are decoded; every other field is skipped by its wire type. Field n
 
 Repeated numbers are accepted packed or not, as protobuf parsers must. Blobs come back in
 Caffe's own layout (a convolution's weights are `[out, in, kh, kw]`); converting them is the
-caller's business (`ciss_tf.import_pspnet`).
+caller's business (`ciss_tf.convert.import_pspnet`).
 """
 
 import dataclasses

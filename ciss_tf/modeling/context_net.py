@@ -14,8 +14,8 @@ policy over two actions (0: ignore the prediction, 1: keep it as context) and a 
 import keras
 import tensorflow as tf
 
-from ciss_tf.ppm import PyramidPooling
-from ciss_tf.trunk import ContextTrunk
+from ciss_tf.modeling.ppm import PyramidPooling
+from ciss_tf.modeling.trunk import ContextTrunk
 
 
 @keras.saving.register_keras_serializable(package="ciss_tf")

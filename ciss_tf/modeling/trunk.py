@@ -22,7 +22,7 @@ recombine the convs without reading the layer's internals.
 import keras
 import tensorflow as tf
 
-from ciss_tf.ppm import make_norm
+from ciss_tf.modeling.ppm import make_norm
 
 
 @keras.saving.register_keras_serializable(package="ciss_tf")

@@ -1,10 +1,4 @@
-"""Inference at the original image size, shared by evaluation, prediction, serving, the demo.
-
-The network predicts at output stride 8. Logits go back to the input size with the
-original's `Interp` (bilinear, corners aligned: `ops.resize_bilinear`), context maps with
-nearest neighbour on the same grid (`ops.resize_labels`).
-
-`Segmenter` adds PSPNet's evaluation protocol on top of the unrolled steps:
+"""PSPNet's evaluation protocol on top of the unrolled steps (`Segmenter`).
 
 * multi-scale: the image is resized by each factor of `scales` (corners aligned, like the
   logits), its class probabilities are resized back and averaged over the scales;
@@ -14,17 +8,11 @@ nearest neighbour on the same grid (`ops.resize_labels`).
   flush with the border; a window smaller than the crop (the image is smaller along that
   axis) is padded at the bottom / right with 0, the mean pixel after normalisation.
   Probabilities of overlapping windows are averaged. An image that fits in the crop runs
-  whole, without padding: our network takes any size (PSPNet's Caffe net took one), so
-  whole-image inference is what a crop larger than the image means here.
+  whole, without padding (`inference.segment`): our network takes any size.
 
 Every window runs the full unroll on its own: its context maps come from its own p-maps.
 Probabilities are those of each requested step t (softmax of that step's logits), so one
 unroll to `max(steps)` gives every step.
-
-`segment` is the one path from images to labels and context maps at the output size
-(evaluation, prediction, serving, the demo and the TensorBoard panel). The module also
-loads a model from a `ModelConfig` (`load_model`) or a run folder's saved config
-(`load_run`) and checks that the tools' outputs are local paths.
 """
 
 import math
@@ -32,115 +20,11 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from ciss_tf import checkpoints, config, ops
 from ciss_tf.data import preprocessing
-from ciss_tf.fast_inference import FastCissNet
-from ciss_tf.model import CissNet
+from ciss_tf.modeling import inference, ops
 
 POLICIES = ("greedy", "sample")
 STRIDE_RATE = 2 / 3
-# Size of the dummy batch that creates every variable before a checkpoint is restored.
-_BUILD_SIZE = 33
-
-
-def unroll(model, images, num_steps, *, sample=False, sample_ids=None, seed=0):
-    """Runs a CiSS-Net for `num_steps` steps, or a PSPNet (step 0 only).
-
-    Args:
-      model: a `CissNet`, a `PSPNet` or a `fast_inference.FastCissNet` (greedy).
-      images: normalised images, float32 `[B, H, W, 3]`.
-      num_steps: T.
-      sample: sample the actions instead of taking the greedy one.
-      sample_ids: int64 `[B]` keys of the action noise (see `model.sample_actions`).
-      seed: seed of the action noise.
-
-    Returns:
-      (logits float32 `[T+1, B, h, w, Nc]`, context int32 `[T, B, h, w]`), at stride 8.
-
-    Raises:
-      ValueError: a PSPNet asked for steps beyond 0.
-    """
-    if isinstance(model, CissNet):
-        outputs = model(
-            images, training=False, num_steps=num_steps, sample=sample, sample_ids=sample_ids,
-            seed=seed, bootstrap=False,
-        )
-        return tf.cast(outputs["logits"], tf.float32), outputs["context"]
-    if isinstance(model, FastCissNet):
-        if sample:
-            raise ValueError("a FastCissNet takes greedy actions only")
-        outputs = model(images, num_steps=num_steps)
-        return outputs["logits"], outputs["context"]
-    if num_steps:
-        raise ValueError(f"a {type(model).__name__} has step 0 only, asked for {num_steps} steps")
-    logits = tf.cast(model(images, training=False)["logits"], tf.float32)
-    shape = tf.concat([[0], tf.shape(logits)[:3]], axis=0)
-    return logits[tf.newaxis], tf.zeros(shape, tf.int32)
-
-
-def segment(model, images, num_steps, *, size=None, label_steps=None, context_steps=None,
-            probabilities=False, sample=False, sample_ids=None, seed=0):
-    """The inference path of every tool: unroll, resize back (corners aligned), argmax.
-
-    Evaluation, prediction, the SavedModel, the demo and the TensorBoard panel all go
-    through here, so their labels are the same for the same logits.
-
-    Args:
-      model: a `CissNet`, a `PSPNet` (T = 0 only) or a `fast_inference.FastCissNet`.
-      images: normalised images, float32 `[B, h', w', 3]`, at the network's input scale.
-      num_steps: T.
-      size: `(H, W)` of the outputs (default: the images' size).
-      label_steps: the steps t whose labels are returned (default 0..T).
-      context_steps: the steps t < T whose context maps K_t are returned (default all).
-      probabilities: also return the class probabilities of the last of `label_steps`.
-      sample, sample_ids, seed: sampled actions instead of greedy ones (see `unroll`).
-
-    Returns:
-      A dict: `labels` int32 `[len(label_steps), B, H, W]`; `context` int32
-      `[len(context_steps), B, H, W]` (nearest on the logits' grid, 0 = uncertain);
-      `small_logits` float32 `[T+1, B, h, w, Nc]` and `small_context` int32 `[T, B, h, w]`
-      at stride 8; `probabilities` float32 `[B, H, W, Nc]` when asked.
-    """
-    if size is None:
-        size = ops.spatial_size(images)
-    label_steps = range(num_steps + 1) if label_steps is None else label_steps
-    context_steps = range(num_steps) if context_steps is None else context_steps
-    logits, context = unroll(
-        model, images, num_steps, sample=sample, sample_ids=sample_ids, seed=seed
-    )
-    upsampled = {t: upsample_logits(logits[t], size) for t in label_steps}
-    outputs = {
-        "labels": _stack_steps(
-            [tf.argmax(upsampled[t], -1, output_type=tf.int32) for t in label_steps],
-            [0, tf.shape(images)[0], *size],
-        ),
-        "context": _stack_steps(
-            [upsample_context(context[t], size) for t in context_steps],
-            [0, tf.shape(images)[0], *size],
-        ),
-        "small_logits": logits,
-        "small_context": context,
-    }
-    if probabilities:
-        outputs["probabilities"] = tf.nn.softmax(upsampled[list(label_steps)[-1]])
-    return outputs
-
-
-def _stack_steps(tensors, empty_shape):
-    """`tf.stack(tensors)`, or int32 zeros of `empty_shape` when there is none."""
-    if tensors:
-        return tf.stack(tensors)
-    return tf.zeros(tf.stack(empty_shape), tf.int32)
-
-
-def upsample_logits(logits, size):
-    """Logits `[B, h, w, Nc]` to `size` (bilinear, corners aligned), float32."""
-    return ops.resize_bilinear(tf.cast(logits, tf.float32), size)
-
-
-def upsample_context(context, size):
-    """Context maps `[B, h, w]` to `size` (nearest neighbour on the logits' grid)."""
-    return ops.resize_labels(context, size)
 
 
 def sliding_windows(size, crop_size, stride_rate=STRIDE_RATE):
@@ -226,7 +110,7 @@ class Segmenter:
 
     def _step_logits_fn(self, images, sample_ids):
         """Logits of the requested steps, `[S, B, h, w, Nc]`."""
-        logits, _ = unroll(
+        logits, _ = inference.unroll(
             self.model, images, max(self.steps), sample=self.sample, sample_ids=sample_ids,
             seed=self.seed,
         )
@@ -234,7 +118,7 @@ class Segmenter:
 
     def _whole_image_labels_fn(self, images, sample_ids):
         # argmax of the logits is that of the probabilities: no softmax over the full image.
-        return segment(
+        return inference.segment(
             self.model, images, max(self.steps), label_steps=self.steps, context_steps=(),
             sample=self.sample, sample_ids=sample_ids, seed=self.seed,
         )["labels"]
@@ -322,7 +206,7 @@ class Segmenter:
 
     def _window_probabilities(self, logits, padded):
         """Softmax at the window size; with `flip`, averaged with the mirrored half."""
-        probabilities = tf.nn.softmax(upsample_logits(logits, padded))
+        probabilities = tf.nn.softmax(inference.upsample_logits(logits, padded))
         if not self.flip:
             return probabilities
         plain, mirrored = tf.split(probabilities, 2, axis=0)
@@ -335,71 +219,3 @@ def _inputs(images, sample_ids):
     if sample_ids is None:
         sample_ids = tf.range(tf.shape(images)[0], dtype=tf.int64)
     return images, tf.cast(sample_ids, tf.int64)
-
-
-def load_model(model_config, num_classes, checkpoint):
-    """The model of a `config.ModelConfig`, restored from a checkpoint.
-
-    Args:
-      model_config: the `config.ModelConfig` the checkpoint was trained with.
-      num_classes: classes of the dataset.
-      checkpoint: checkpoint prefix or folder (its latest checkpoint).
-
-    Returns:
-      (model, checkpoint prefix read).
-
-    Raises:
-      ValueError: no checkpoint there, it is unreadable, or it does not fit the model
-        (the message names the checkpoint).
-    """
-    path = checkpoints.resolve(checkpoint)
-    model = config.build_model(model_config, num_classes, (_BUILD_SIZE, _BUILD_SIZE))
-    return _restored(model, path), path
-
-
-def load_run(run_dir):
-    """The model of a training run, built as it was trained, and its latest checkpoint.
-
-    The model comes from the run's `model_config.json` (written by the trainer), not from
-    flags: the caller needs no flagfile, and settings given on the training command line
-    (e.g. `--random_keep_rate`) are kept.
-
-    Args:
-      run_dir: the run's `--model_dir`.
-
-    Returns:
-      (model, checkpoint prefix read).
-
-    Raises:
-      ValueError: no config or checkpoint there, or they do not fit each other.
-    """
-    path = checkpoints.resolve(run_dir)
-    model = config.create_variables(
-        checkpoints.model_from_config(run_dir), (_BUILD_SIZE, _BUILD_SIZE)
-    )
-    return _restored(model, path), path
-
-
-def _restored(model, path):
-    """The built `model` restored from the checkpoint prefix `path`."""
-    try:
-        checkpoints.restore_model(model, path)
-    except tf.errors.OpError as error:
-        lines = str(error.message).strip().splitlines() or [""]
-        raise ValueError(f"cannot read checkpoint {path}: {lines[0][:300]}") from None
-    return model
-
-
-def check_local_output(path, flag):
-    """Raises ValueError naming `flag` when the output `path` is a URL (gs://, s3://, ...).
-
-    The tools commit what they write with a local rename (TF Serving never sees half a
-    version; a report is whole or absent). Object stores have no atomic rename, and Python's
-    `os` functions would take `gs://bucket/x` for a local folder named `gs:`: a run would
-    seem to succeed and leave its output next to the working directory.
-    """
-    if path and "://" in path:
-        raise ValueError(
-            f"{flag}={path}: outputs are written to local paths only (committed by a local "
-            "rename); write locally, then copy (e.g. gsutil -m cp -r)"
-        )

@@ -12,9 +12,9 @@ import dataclasses
 
 import tensorflow as tf
 
-from ciss_tf.backbone import STEMS
-from ciss_tf.model import CONTEXT_MODES, CissNet
-from ciss_tf.pspnet import PSPNet
+from ciss_tf.modeling.backbone import STEMS
+from ciss_tf.modeling.ciss_net import CONTEXT_MODES, CissNet
+from ciss_tf.modeling.pspnet import PSPNet
 
 
 @dataclasses.dataclass(frozen=True)

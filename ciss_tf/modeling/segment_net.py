@@ -11,9 +11,9 @@ the Base Net's logits before the softmax.
 import keras
 import tensorflow as tf
 
-from ciss_tf.ppm import PyramidPooling
-from ciss_tf.pspnet import SegmentationHead
-from ciss_tf.trunk import ContextTrunk
+from ciss_tf.modeling.ppm import PyramidPooling
+from ciss_tf.modeling.pspnet import SegmentationHead
+from ciss_tf.modeling.trunk import ContextTrunk
 
 
 @keras.saving.register_keras_serializable(package="ciss_tf")

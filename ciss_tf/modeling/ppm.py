@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ciss_tf import ops
+from ciss_tf.modeling import ops
 
 GROUP_SIZE = 16  # channels per GroupNorm group (paper, Sec. 4.1)
 

@@ -26,7 +26,7 @@ model's layers only through their public hooks (`ConvBN.folded`, `Bottleneck.uni
 5. **Nothing that greedy inference does not use.** No dropout, no value head, no bootstrap.
 6. **Winograd F(4x4, 3x3)** (`winograd=True`, float32, inputs of a static size): the wide
    stride-1 3x3 convs (at least `winograd_min_channels` inputs: res5's, the fused conv over
-   res5, the trunks' inner convs) by `ciss_tf.winograd`, 2.25 multiplications per output
+   res5, the trunks' inner convs) by `ciss_tf.serving.winograd`, 2.25 multiplications per output
    instead of 9. Rounding grows to ~1e-5 relative per conv (the tests bound it).
 
 The GroupNorms run as in the model (GroupNorm depends on the data and cannot be folded), and
@@ -38,10 +38,10 @@ Winograd: a served graph takes images of any size).
 import numpy as np
 import tensorflow as tf
 
-from ciss_tf import ops
-from ciss_tf.backbone import stem_pool
-from ciss_tf.model import context_actions
-from ciss_tf.winograd import winograd_conv3x3, winograd_kernel
+from ciss_tf.modeling import ops
+from ciss_tf.modeling.backbone import stem_pool
+from ciss_tf.modeling.ciss_net import context_actions
+from ciss_tf.serving.winograd import winograd_conv3x3, winograd_kernel
 
 
 def shifted_interpolation(source_size, target_size):

@@ -8,8 +8,8 @@ stride 8 for the paper preset). The paper calls this stack "the first four block
 import keras
 import tensorflow as tf
 
-from ciss_tf.backbone import DilatedResNet
-from ciss_tf.ppm import PyramidPooling, conv_weights, make_norm
+from ciss_tf.modeling.backbone import DilatedResNet
+from ciss_tf.modeling.ppm import PyramidPooling, conv_weights, make_norm
 
 AUX_WEIGHT = 0.4  # weight of the auxiliary res4 loss in PSPNet training
 

@@ -21,7 +21,11 @@ import os
 import keras
 import tensorflow as tf
 
+from ciss_tf.modeling import config
+
 FEATURE_NET_PREFIX = "feature_net/"
+# Size of the dummy batch that creates every variable before a checkpoint is restored.
+_BUILD_SIZE = 33
 # A run folder's model, as `keras.saving.serialize_keras_object` writes it.
 MODEL_CONFIG = "model_config.json"
 # Stage-1 head variable -> the Base Net variable of the same shape and role: the 3x3 conv
@@ -95,9 +99,6 @@ def model_from_config(model_dir):
     path = os.path.join(model_dir, MODEL_CONFIG)
     if not tf.io.gfile.exists(path):
         raise ValueError(f"{path} not found (a run trained before model configs were saved?)")
-    # Registers CissNet and PSPNet with Keras (imported here: they do not import this module).
-    from ciss_tf import model, pspnet  # noqa: F401, PLC0415
-
     with tf.io.gfile.GFile(path) as f:
         return keras.saving.deserialize_keras_object(json.load(f))
 
@@ -211,3 +212,56 @@ def step_of(path):
     """The training step encoded in a checkpoint prefix `.../ckpt-<step>`, or 0."""
     suffix = os.path.basename(path).rsplit("-", 1)[-1]
     return int(suffix) if suffix.isdigit() else 0
+
+
+def load_model(model_config, num_classes, checkpoint):
+    """The model of a `config.ModelConfig`, restored from a checkpoint.
+
+    Args:
+      model_config: the `config.ModelConfig` the checkpoint was trained with.
+      num_classes: classes of the dataset.
+      checkpoint: checkpoint prefix or folder (its latest checkpoint).
+
+    Returns:
+      (model, checkpoint prefix read).
+
+    Raises:
+      ValueError: no checkpoint there, it is unreadable, or it does not fit the model
+        (the message names the checkpoint).
+    """
+    path = resolve(checkpoint)
+    model = config.build_model(model_config, num_classes, (_BUILD_SIZE, _BUILD_SIZE))
+    return _restored(model, path), path
+
+
+def load_run(run_dir):
+    """The model of a training run, built as it was trained, and its latest checkpoint.
+
+    The model comes from the run's `model_config.json` (written by the trainer), not from
+    flags: the caller needs no flagfile, and settings given on the training command line
+    (e.g. `--random_keep_rate`) are kept.
+
+    Args:
+      run_dir: the run's `--model_dir`.
+
+    Returns:
+      (model, checkpoint prefix read).
+
+    Raises:
+      ValueError: no config or checkpoint there, or they do not fit each other.
+    """
+    path = resolve(run_dir)
+    model = config.create_variables(
+        model_from_config(run_dir), (_BUILD_SIZE, _BUILD_SIZE)
+    )
+    return _restored(model, path), path
+
+
+def _restored(model, path):
+    """The built `model` restored from the checkpoint prefix `path`."""
+    try:
+        restore_model(model, path)
+    except tf.errors.OpError as error:
+        lines = str(error.message).strip().splitlines() or [""]
+        raise ValueError(f"cannot read checkpoint {path}: {lines[0][:300]}") from None
+    return model

@@ -13,8 +13,9 @@ need no rescaling when the crop changes. Returned statistics use the same reduct
 
 import tensorflow as tf
 
-from ciss_tf import ops, rl
-from ciss_tf.pspnet import AUX_WEIGHT
+from ciss_tf import rl
+from ciss_tf.modeling import ops
+from ciss_tf.modeling.pspnet import AUX_WEIGHT
 
 
 def segmentation_loss(logits, labels, ignore_label=255):
