@@ -1,0 +1,1 @@
+"""Data: the dataset registry, the TFRecord layout, preprocessing and the input pipelines."""

@@ -1,1 +1,1 @@
-"""Evaluation: scoring models on datasets."""
+"""Evaluation: PSPNet's multi-scale / sliding-window protocol, mIoU per step, Cityscapes."""

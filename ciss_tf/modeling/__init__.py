@@ -1,0 +1,1 @@
+"""The networks: PSPNet features, the Segment Net, the Context Net, CiSS-Net, loading."""

@@ -1,1 +1,1 @@
-"""Serving: the SavedModel for TF Serving."""
+"""Serving: the SavedModel for TF Serving and the exact fast inference rewrites."""

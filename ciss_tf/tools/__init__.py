@@ -1,1 +1,1 @@
-"""Tools built on the library: the embedded demo and the benchmark."""
+"""What the commands share (flags, the error line) and the demo and benchmark libraries."""

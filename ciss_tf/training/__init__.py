@@ -1,1 +1,1 @@
-"""Training: configs, tasks (what a stage trains), optimizers, the generic trainer."""
+"""Training: configs, tasks (what a stage trains), losses, optimizers, the generic trainer."""
