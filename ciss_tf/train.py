@@ -36,7 +36,8 @@ flags.DEFINE_enum(
 flags.DEFINE_string(
     "imagenet_weights", None,
     "Stage 1: a local Keras ResNet50/ResNet101 ImageNet weights file (.h5, include_top=False) "
-    "loaded into the backbone before training; needs --stem=resnet (see ciss_tf/convert/imagenet.py).",
+    "loaded into the backbone before training; needs --stem=resnet "
+    "(see ciss_tf/convert/imagenet.py).",
 )
 flags.DEFINE_integer("batch_size", 16, "Global batch size (all replicas together).")
 flags.DEFINE_list("crop_size", ["473", "473"], "Training crop: height,width.")

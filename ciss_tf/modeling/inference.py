@@ -11,14 +11,14 @@ import tensorflow as tf
 
 from ciss_tf.modeling import ops
 from ciss_tf.modeling.ciss_net import CissNet
-from ciss_tf.serving.fast_inference import FastCissNet
+from ciss_tf.modeling.pspnet import PSPNet
 
 
 def unroll(model, images, num_steps, *, sample=False, sample_ids=None, seed=0):
     """Runs a CiSS-Net for `num_steps` steps, or a PSPNet (step 0 only).
 
     Args:
-      model: a `CissNet`, a `PSPNet` or a `fast_inference.FastCissNet` (greedy).
+      model: a `CissNet`, a `PSPNet` or a `serving.fast_inference.FastCissNet` (greedy).
       images: normalised images, float32 `[B, H, W, 3]`.
       num_steps: T.
       sample: sample the actions instead of taking the greedy one.
@@ -37,16 +37,17 @@ def unroll(model, images, num_steps, *, sample=False, sample_ids=None, seed=0):
             seed=seed, bootstrap=False,
         )
         return tf.cast(outputs["logits"], tf.float32), outputs["context"]
-    if isinstance(model, FastCissNet):
-        if sample:
-            raise ValueError("a FastCissNet takes greedy actions only")
-        outputs = model(images, num_steps=num_steps)
-        return outputs["logits"], outputs["context"]
-    if num_steps:
-        raise ValueError(f"a {type(model).__name__} has step 0 only, asked for {num_steps} steps")
-    logits = tf.cast(model(images, training=False)["logits"], tf.float32)
-    shape = tf.concat([[0], tf.shape(logits)[:3]], axis=0)
-    return logits[tf.newaxis], tf.zeros(shape, tf.int32)
+    if isinstance(model, PSPNet):
+        if num_steps:
+            raise ValueError(f"a PSPNet has step 0 only, asked for {num_steps} steps")
+        logits = tf.cast(model(images, training=False)["logits"], tf.float32)
+        shape = tf.concat([[0], tf.shape(logits)[:3]], axis=0)
+        return logits[tf.newaxis], tf.zeros(shape, tf.int32)
+    # A rewrite for inference (`serving.fast_inference.FastCissNet`): greedy actions only.
+    if sample:
+        raise ValueError(f"a {type(model).__name__} takes greedy actions only")
+    outputs = model(images, num_steps=num_steps)
+    return outputs["logits"], outputs["context"]
 
 
 def segment(model, images, num_steps, *, size=None, label_steps=None, context_steps=None,

@@ -21,7 +21,9 @@ from ciss_tf.modeling.ciss_net import CONTEXT_MODES
 from ciss_tf.modeling.config import PRESETS
 from ciss_tf.tools import cli
 
-flags.DEFINE_enum("preset", "resnet50", list(PRESETS), "Network size (see ciss_tf/modeling/config.py).")
+flags.DEFINE_enum(
+    "preset", "resnet50", list(PRESETS), "Network size (see ciss_tf/modeling/config.py)."
+)
 flags.DEFINE_enum(
     "context_mode", "learned", list(CONTEXT_MODES),
     "learned: CiSS-Net; pmap: every action 1 (Baseline + p-map); none: all-uncertain context "
