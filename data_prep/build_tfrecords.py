@@ -8,7 +8,7 @@ train ids with ignore = 255 (layout: `ciss_tf.data.tfrecord`), or only those nam
 `--splits`. Converting the Cityscapes `test` split prints a warning: its labels are
 placeholders (all ignore), of no use for training or evaluation (`--splits=train,val`
 leaves it out). Every example is decoded and checked first
-(`data_prep.writer.check_example`); a bad one stops the run with one line naming the file
+(`ciss_tf.data.writer.check_example`); a bad one stops the run with one line naming the file
 and a non-zero exit, or with `--skip_bad` is listed in a report file. Shards appear only
 when every split is complete.
 
@@ -29,17 +29,14 @@ Datasets and expected layouts (`--input_dir`):
   synthetic       generated (ciss_tf.data.synthetic); no --input_dir
 """
 
-import contextlib
-import os
 import sys
-import tempfile
 
-import tensorflow as tf
-from absl import app, flags, logging
+from absl import app, flags
 
 from ciss_tf.data import datasets
+from ciss_tf.data.raw_readers import RawDataError
 from ciss_tf.tools import cli
-from data_prep import sources, writer
+from data_prep import builder
 
 _DATASET = flags.DEFINE_enum("dataset", None, list(datasets.DATASET_NAMES), "Dataset to convert.")
 _INPUT_DIR = flags.DEFINE_string(
@@ -102,108 +99,35 @@ _SYNTHETIC_WIDTH = flags.DEFINE_integer(
 )
 
 
-def _find_splits(dataset: str, stack: contextlib.ExitStack) -> dict[str, sources.Split]:
-    zip_dir, input_dir = _CITYSCAPES_ZIP_DIR.value, _INPUT_DIR.value
-    if zip_dir and dataset != "cityscapes":
-        raise sources.DataPrepError("--cityscapes_zip_dir is only for --dataset=cityscapes")
-    if zip_dir and input_dir:
-        raise sources.DataPrepError("give either --input_dir or --cityscapes_zip_dir, not both")
-    if dataset == "synthetic":
-        return sources.synthetic_splits(
-            seed=_SYNTHETIC_SEED.value,
-            num_train=_SYNTHETIC_NUM_TRAIN.value,
-            num_val=_SYNTHETIC_NUM_VAL.value,
-            height=_SYNTHETIC_HEIGHT.value,
-            width=_SYNTHETIC_WIDTH.value,
-        )
-    if zip_dir:
-        from data_prep import tfds_cityscapes  # tensorflow_datasets is slow to import
-
-        work_dir = _TFDS_DATA_DIR.value
-        if not work_dir:
-            # The default work folder lives in the output folder, so that one has to exist
-            # before the zips are read; a failed run removes it again (see `main`).
-            tf.io.gfile.makedirs(_OUTPUT_DIR.value)
-            work_dir = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix=".tfds-", dir=_OUTPUT_DIR.value)
-            )
-        return tfds_cityscapes.cityscapes_zip_splits(zip_dir, work_dir)
-    if not input_dir:
-        raise sources.DataPrepError(f"--input_dir is required for --dataset={dataset}")
-    return sources.folder_splits(dataset, input_dir)
-
-
-def _select_splits(
-    dataset: str, splits: dict[str, sources.Split]
-) -> dict[str, sources.Split]:
-    """The splits named by `--splits` (default: all), warning about Cityscapes `test`."""
-    if _SPLITS.value:
-        for split in _SPLITS.value:
-            if split not in splits:
-                raise sources.DataPrepError(
-                    f"--splits={','.join(_SPLITS.value)}: no {split!r} split found "
-                    f"(found: {', '.join(splits)})"
-                )
-        splits = {name: split for name, split in splits.items() if name in _SPLITS.value}
-    if dataset == "cityscapes" and "test" in splits:
-        logging.warning(
-            "Converting the Cityscapes test split (%d images): its gtFine labels are "
-            "placeholders (all ignore), of no use for training or evaluation; --splits=%s "
-            "leaves it out",
-            splits["test"].size,
-            ",".join(name for name in splits if name != "test") or "train,val",
-        )
-    return splits
-
-
-def _outermost_missing(path: str) -> str | None:
-    """The outermost folder on `path` that does not exist yet; None if `path` exists."""
-    missing = None
-    while path and not tf.io.gfile.exists(path):
-        missing, path = path, os.path.dirname(path)
-        if path == missing:  # a root that does not exist
-            break
-    return missing
+def config_from_flags() -> builder.BuildConfig:
+    """The `BuildConfig` the parsed flags give."""
+    return builder.BuildConfig(
+        dataset=_DATASET.value,
+        output_dir=_OUTPUT_DIR.value,
+        input_dir=_INPUT_DIR.value,
+        cityscapes_zip_dir=_CITYSCAPES_ZIP_DIR.value,
+        tfds_data_dir=_TFDS_DATA_DIR.value,
+        splits=tuple(_SPLITS.value or ()),
+        num_shards=_NUM_SHARDS.value,
+        max_images_per_split=_MAX_IMAGES_PER_SPLIT.value,
+        skip_bad=_SKIP_BAD.value,
+        report_file=_REPORT_FILE.value,
+        synthetic_seed=_SYNTHETIC_SEED.value,
+        synthetic_num_train=_SYNTHETIC_NUM_TRAIN.value,
+        synthetic_num_val=_SYNTHETIC_NUM_VAL.value,
+        synthetic_height=_SYNTHETIC_HEIGHT.value,
+        synthetic_width=_SYNTHETIC_WIDTH.value,
+    )
 
 
 def main(argv: list[str]) -> None:
-    """Converts the dataset named by the flags; exits 1 with one `error:` line on bad input.
-
-    A run that fails leaves nothing behind: `writer.write_splits` removes its own staging
-    folder, and the folders this run created for the output are removed again.
-    """
+    """Converts the dataset named by the flags; exits 1 with one `error:` line on bad input."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    dataset, output_dir = _DATASET.value, _OUTPUT_DIR.value
-    new_folder = None
     try:
-        new_folder = _outermost_missing(output_dir)
-        with contextlib.ExitStack() as stack:
-            # _find_splits checks the input layout before write_splits creates the output.
-            written, skipped = writer.write_splits(
-                _select_splits(dataset, _find_splits(dataset, stack)),
-                label_map=sources.LABEL_MAPS[dataset],
-                label_hint=sources.LABEL_HINTS.get(dataset, ""),
-                output_dir=output_dir,
-                num_shards=_NUM_SHARDS.value,
-                max_per_split=_MAX_IMAGES_PER_SPLIT.value,
-                skip_bad=_SKIP_BAD.value,
-            )
-        if _SKIP_BAD.value:
-            report = _REPORT_FILE.value or os.path.join(output_dir, "skipped.txt")
-            writer.write_report(report, skipped)
-    except (sources.DataPrepError, OSError, tf.errors.OpError) as error:
-        if new_folder and tf.io.gfile.exists(new_folder):
-            # Cleaning up must not replace the error being reported by another one.
-            with contextlib.suppress(tf.errors.OpError):
-                tf.io.gfile.rmtree(new_folder)
-        # An OpError's own message names the file; its str() adds TF's prefixes.
-        message = (writer.op_error_reason(error) if isinstance(error, tf.errors.OpError)
-                   else str(error))
-        sys.exit(f"error: {message}")
-    if _SKIP_BAD.value and skipped:
-        logging.warning("Skipped %d bad examples, listed in %s", len(skipped), report)
-    logging.info("Wrote %s to %s", ", ".join(f"{s}: {n}" for s, n in written.items()), output_dir)
+        builder.build(config_from_flags())
+    except RawDataError as error:
+        sys.exit(f"error: {error}")
 
 
 def run() -> None:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import tensorflow as tf
 
-from data_prep.sources import DataPrepError, RawExample, Split
+from ciss_tf.data.raw_readers import RawDataError, RawExample, Split
 
 ZIP_FILES = ("leftImg8bit_trainvaltest.zip", "gtFine_trainvaltest.zip")
 _SPLITS = {"train": "train", "validation": "val", "test": "test"}
@@ -33,11 +33,11 @@ def cityscapes_zip_splits(zip_dir: str, work_dir: str) -> dict[str, Split]:
         {split: Split}; the splits stay readable while `work_dir` exists.
 
     Raises:
-        DataPrepError: a zip is missing or tfds cannot prepare the dataset from them.
+        RawDataError: a zip is missing or tfds cannot prepare the dataset from them.
     """
     for name in ZIP_FILES:
         if not tf.io.gfile.exists(os.path.join(zip_dir, name)):
-            raise DataPrepError(f"--cityscapes_zip_dir={zip_dir}: {name} is missing")
+            raise RawDataError(f"--cityscapes_zip_dir={zip_dir}: {name} is missing")
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core.utils import gcs_utils
 
@@ -54,7 +54,7 @@ def cityscapes_zip_splits(zip_dir: str, work_dir: str) -> dict[str, Split]:
         )
     except Exception as e:  # noqa: BLE001 - tfds raises many types; report them all in one line
         first_line = (str(e).strip().splitlines() or [""])[0]
-        raise DataPrepError(
+        raise RawDataError(
             f"--cityscapes_zip_dir={zip_dir}: tensorflow-datasets cannot prepare the zips "
             f"({type(e).__name__}: {first_line})"
         ) from None

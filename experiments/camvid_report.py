@@ -235,7 +235,7 @@ def score_tables(results, scores, info, pspnet_iou):
     Args:
       results: `results_json(...)`.
       scores: `collect_scores(...)`.
-      info: the CamVid `DatasetInfo` (class names).
+      info: the CamVid `DatasetSpec` (class names).
       pspnet_iou: the stage-1 PSPNet's IoU per class (its `eval.json`).
     """
     seeds = results["seeds"]

@@ -69,11 +69,12 @@ def cli_error_line(result):
 @pytest.fixture(scope="session")
 def synthetic_records(tmp_path_factory):
     """Folder of synthetic TFRecords (8 train, 2 val, 48x48), written in this process."""
-    from data_prep import sources, writer  # noqa: PLC0415  (after the environment above)
+    # Imported here, after the environment above is set.
+    from ciss_tf.data import datasets, raw_readers, writer  # noqa: PLC0415
 
     out = tmp_path_factory.mktemp("synthetic_records")
     writer.write_splits(
-        sources.synthetic_splits(seed=0, num_train=8, num_val=2, height=48, width=48),
-        label_map=sources.LABEL_MAPS["synthetic"], output_dir=str(out),
+        raw_readers.synthetic_splits(seed=0, num_train=8, num_val=2, height=48, width=48),
+        label_map=datasets.get_dataset_info("synthetic").label_map, output_dir=str(out),
     )
     return str(out)

@@ -1,4 +1,9 @@
-"""The dataset registry: class names, palettes and label conventions of each dataset.
+"""The dataset registry: one `DatasetSpec` per dataset says everything about it.
+
+A spec holds the classes (names, palette, ignore label) the models and tools use, and what
+`python -m data_prep.build_tfrecords` needs to convert the dataset: the table raw label
+value -> train id, the reader of its released folder layout (`ciss_tf.data.raw_readers`) and
+that layout in words. Adding a dataset is adding one entry to `_REGISTRY`.
 
 Sources of the tables:
 
@@ -13,48 +18,126 @@ Sources of the tables:
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
+import tensorflow as tf
 from cityscapesscripts.helpers import labels as cityscapes_labels
 
-from ciss_tf.data import synthetic
+from ciss_tf.data import raw_readers, synthetic
+from ciss_tf.data.raw_readers import RawDataError, Split
 from ciss_tf.data.tfrecord import IGNORE_LABEL
+
+Reader = Callable[[str], dict[str, Split]]
 
 
 @dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """What the rest of the project needs to know about a dataset.
+class DatasetSpec:
+    """Everything the project knows about one dataset.
 
     Attributes:
-        name: registry name.
+        name: registry name (the `--dataset` value).
         num_classes: number of train ids (0..num_classes-1).
         class_names: one name per train id.
-        palette: uint8 [num_classes, 3] RGB colour per train id.
+        palette: uint8 [num_classes, 3] RGB colour per train id (read-only).
+        label_map: int16 [256] table raw label value -> train id (or `ignore_label`); -1
+            marks values that are errors (read-only).
+        reader: finds the splits in the dataset's folder (`input_dir -> {split: Split}`);
+            None for a generated dataset, which has no folder.
+        expected_layout: the folder layout `reader` takes, in words (for errors); empty
+            for a generated dataset.
+        label_hint: appended to the error of a label value outside `label_map` (which
+            files the dataset takes); empty for none.
         ignore_label: label value excluded from training and evaluation.
         train_split: split name used for training.
         eval_split: split name used for evaluation.
+
+    Raises:
+        ValueError: on construction, fields that disagree (names, palette or label
+            table not of `num_classes`, a reader without layout or the reverse).
     """
 
     name: str
     num_classes: int
     class_names: tuple[str, ...]
     palette: np.ndarray
+    label_map: np.ndarray
+    reader: Reader | None
+    expected_layout: str = ""
+    label_hint: str = ""
     ignore_label: int = IGNORE_LABEL
     train_split: str = "train"
     eval_split: str = "val"
 
+    def __post_init__(self):
+        # A registry entry that disagrees with itself fails at import, not mid-conversion.
+        for field, dtype in (("palette", np.uint8), ("label_map", np.int16)):
+            array = np.array(getattr(self, field), dtype)
+            array.setflags(write=False)
+            object.__setattr__(self, field, array)
+        train_ids = set(np.unique(self.label_map).tolist()) - {-1, self.ignore_label}
+        problems = {
+            "class_names": len(self.class_names) != self.num_classes,
+            "palette": self.palette.shape != (self.num_classes, 3),
+            "label_map": self.label_map.shape != (256,)
+            or not train_ids <= set(range(self.num_classes)),
+            "expected_layout": (self.reader is None) != (not self.expected_layout),
+        }
+        bad = [field for field, wrong in problems.items() if wrong]
+        if bad:
+            raise ValueError(f"dataset {self.name!r}: inconsistent {', '.join(bad)}")
 
-def _cityscapes() -> DatasetInfo:
+    def read_splits(self, input_dir: str) -> dict[str, Split]:
+        """Finds every split of the dataset under `input_dir`.
+
+        Raises:
+            RawDataError: a generated dataset, `input_dir` missing or holding no split in
+                the expected layout, or a file of the layout missing.
+        """
+        if self.reader is None:
+            raise RawDataError(f"--dataset={self.name} is generated and reads no --input_dir")
+        if not tf.io.gfile.isdir(input_dir):
+            raise RawDataError(f"--input_dir={input_dir} is not a directory")
+        splits = self.reader(input_dir)
+        if not splits:
+            raise RawDataError(
+                f"--input_dir={input_dir}: no {self.name} images found "
+                f"(expected {self.expected_layout})"
+            )
+        return splits
+
+
+def _label_map(mapping: dict[int, int]) -> np.ndarray:
+    """A lookup table raw value -> train id over 0..255; -1 marks values that are errors."""
+    table = np.full(256, -1, np.int16)
+    for raw, train_id in mapping.items():
+        table[raw] = train_id
+    return table
+
+
+def _cityscapes() -> DatasetSpec:
     by_train_id = sorted(
         (label.trainId, label.name, label.color)
         for label in cityscapes_labels.labels
         if 0 <= label.trainId < IGNORE_LABEL
     )
-    return DatasetInfo(
+    return DatasetSpec(
         name="cityscapes",
         num_classes=len(by_train_id),
         class_names=tuple(name for _, name, _ in by_train_id),
         palette=np.array([color for _, _, color in by_train_id], np.uint8),
+        # The official table: trainId 255 (and -1, only for the license plate, id -1) is
+        # ignored.
+        label_map=_label_map(
+            {
+                label.id: label.trainId if 0 <= label.trainId < IGNORE_LABEL else IGNORE_LABEL
+                for label in cityscapes_labels.labels
+                if label.id >= 0
+            }
+        ),
+        reader=raw_readers.cityscapes_splits,
+        expected_layout="leftImg8bit/<split>/<city>/*_leftImg8bit.png and "
+        "gtFine/<split>/<city>/*_gtFine_labelIds.png",
     )
 
 
@@ -141,22 +224,61 @@ _CAMVID_PALETTE = np.array(
     dtype=np.uint8,
 )  # fmt: skip
 
-_REGISTRY = {
-    "cityscapes": _cityscapes(),
-    "ade20k": DatasetInfo("ade20k", 150, _ADE20K_NAMES, _ADE20K_PALETTE),
-    # mmsegmentation gives Pascal Context the first 60 colours of the ADE20K palette.
-    "pascal_context": DatasetInfo(
-        "pascal_context", 60, _PASCAL_CONTEXT_NAMES, _ADE20K_PALETTE[:60]
+_SPECS = (
+    _cityscapes(),
+    DatasetSpec(
+        name="ade20k",
+        num_classes=150,
+        class_names=_ADE20K_NAMES,
+        palette=_ADE20K_PALETTE,
+        # 0 is "other objects", left out of the 150 classes; 1..150 shift down by one.
+        label_map=_label_map({0: IGNORE_LABEL, **{raw: raw - 1 for raw in range(1, 151)}}),
+        reader=raw_readers.ade20k_splits,
+        expected_layout="ADEChallengeData2016/images/{training,validation}/*.jpg and "
+        "ADEChallengeData2016/annotations/{training,validation}/*.png",
     ),
-    "camvid": DatasetInfo("camvid", 11, _CAMVID_NAMES, _CAMVID_PALETTE),
-    "synthetic": DatasetInfo(
-        "synthetic", synthetic.NUM_CLASSES, synthetic.CLASS_NAMES, synthetic.PALETTE
+    DatasetSpec(
+        name="pascal_context",
+        num_classes=60,
+        class_names=_PASCAL_CONTEXT_NAMES,
+        # mmsegmentation gives Pascal Context the first 60 colours of the ADE20K palette.
+        palette=_ADE20K_PALETTE[:60],
+        # 0 is background, a class of its own. No ignore value: 255 is an error, as it is
+        # in the other common pc59 files (255 = background, 0..58 the classes) that would
+        # otherwise be read silently wrong.
+        label_map=_label_map({raw: raw for raw in range(60)}),
+        reader=raw_readers.pascal_context_splits,
+        expected_layout="JPEGImages/*.jpg, SegmentationClassContext/*.png and "
+        "ImageSets/SegmentationContext/<split>.txt, the last two written by "
+        f"{raw_readers.PASCAL_CONTEXT_CONVERTER}",
+        label_hint=f"expected the output of {raw_readers.PASCAL_CONTEXT_CONVERTER} "
+        "(0 = background, 1-59 the classes; files with 255 = background are not read)",
     ),
-}
+    DatasetSpec(
+        name="camvid",
+        num_classes=11,
+        class_names=_CAMVID_NAMES,
+        palette=_CAMVID_PALETTE,
+        # 11 is "void".
+        label_map=_label_map({**{raw: raw for raw in range(11)}, 11: IGNORE_LABEL}),
+        reader=raw_readers.camvid_splits,
+        expected_layout="<split>/*.png and <split>annot/*.png",
+    ),
+    # Generated by `raw_readers.synthetic_splits`: no folder to read.
+    DatasetSpec(
+        name="synthetic",
+        num_classes=synthetic.NUM_CLASSES,
+        class_names=synthetic.CLASS_NAMES,
+        palette=synthetic.PALETTE,
+        label_map=_label_map({raw: raw for raw in range(synthetic.NUM_CLASSES)}),
+        reader=None,
+    ),
+)
+_REGISTRY = {spec.name: spec for spec in _SPECS}
 DATASET_NAMES = tuple(_REGISTRY)
 
 
-def get_dataset_info(name: str) -> DatasetInfo:
+def get_dataset_info(name: str) -> DatasetSpec:
     """Returns the registry entry of dataset `name`.
 
     Raises:

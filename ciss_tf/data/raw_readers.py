@@ -1,8 +1,10 @@
-"""Where each dataset keeps its images and labels, and how its label values map to train ids.
+"""Readers of the raw datasets: where each keeps its images and labels.
 
-Every reader returns `{split: Split}`; a `Split` yields `RawExample`s: the encoded image and
-the encoded label file exactly as found on disk, with the paths that error messages name.
-Checking, label mapping and encoding happen in `data_prep.writer`, the same for all.
+Every reader takes the dataset's folder and returns `{split: Split}`; a `Split` yields
+`RawExample`s: the encoded image and the encoded label file exactly as found on disk, with
+the paths that error messages name. Checking, label mapping and encoding happen in
+`ciss_tf.data.writer`, the same for all. Which reader, label table and layout belong to a
+dataset is said once, by its `ciss_tf.data.datasets.DatasetSpec`.
 """
 
 import dataclasses
@@ -11,21 +13,18 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 
 import cv2
-import numpy as np
 import tensorflow as tf
 from absl import logging
-from cityscapesscripts.helpers import labels as cityscapes_labels
 
 from ciss_tf.data import synthetic
-from ciss_tf.data.tfrecord import IGNORE_LABEL
 
 # Fixed seed of the on-disk order of the train split: the input pipeline shuffles windows
 # of consecutive records, so each window should already be a random sample.
 _TRAIN_ORDER_SEED = 0
 
 
-class DataPrepError(Exception):
-    """Bad input; the message is one line that names the file or flag at fault."""
+class RawDataError(Exception):
+    """Bad raw data or input flag; the message is one line naming the file or flag at fault."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,40 +54,8 @@ class Split:
     examples: Callable[[], Iterator[RawExample]]
 
 
-def _label_map(mapping: dict[int, int]) -> np.ndarray:
-    """A lookup table raw value -> train id over 0..255; -1 marks values that are errors."""
-    table = np.full(256, -1, np.int16)
-    for raw, train_id in mapping.items():
-        table[raw] = train_id
-    return table
-
-
-LABEL_MAPS = {
-    # The official table: trainId 255 (and -1, only for the license plate, id -1) is ignored.
-    "cityscapes": _label_map(
-        {
-            label.id: label.trainId if 0 <= label.trainId < IGNORE_LABEL else IGNORE_LABEL
-            for label in cityscapes_labels.labels
-            if label.id >= 0
-        }
-    ),
-    # 0 is "other objects", left out of the 150 classes; 1..150 shift down by one.
-    "ade20k": _label_map({0: IGNORE_LABEL, **{raw: raw - 1 for raw in range(1, 151)}}),
-    # 0 is background, a class of its own. No ignore value: 255 is an error, as it is in
-    # the other common pc59 files (255 = background, 0..58 the classes) that would otherwise
-    # be read silently wrong.
-    "pascal_context": _label_map({raw: raw for raw in range(60)}),
-    "camvid": _label_map({**{raw: raw for raw in range(11)}, 11: IGNORE_LABEL}),
-    "synthetic": _label_map({raw: raw for raw in range(synthetic.NUM_CLASSES)}),
-}
-
-_PASCAL_CONTEXT_CONVERTER = "mmsegmentation's tools/dataset_converters/pascal_context.py"
-
-# Appended to the error of a label value outside the dataset's table: which files it takes.
-LABEL_HINTS = {
-    "pascal_context": f"expected the output of {_PASCAL_CONTEXT_CONVERTER} "
-    "(0 = background, 1-59 the classes; files with 255 = background are not read)",
-}
+# Named by the Pascal Context reader's errors and its registry entry.
+PASCAL_CONTEXT_CONVERTER = "mmsegmentation's tools/dataset_converters/pascal_context.py"
 
 
 def read_file(path: str) -> bytes:
@@ -97,7 +64,7 @@ def read_file(path: str) -> bytes:
         with tf.io.gfile.GFile(path, "rb") as f:
             return f.read()
     except (tf.errors.OpError, OSError) as e:
-        raise DataPrepError(f"{path}: cannot read ({type(e).__name__})") from None
+        raise RawDataError(f"{path}: cannot read ({type(e).__name__})") from None
 
 
 def _pairs_split(split: str, pairs: Sequence[tuple[str, str]]) -> Split:
@@ -121,7 +88,7 @@ def _pairs_split(split: str, pairs: Sequence[tuple[str, str]]) -> Split:
 
 def _require_file(path: str, image_path: str) -> str:
     if not tf.io.gfile.exists(path):
-        raise DataPrepError(f"{image_path}: no label file (expected {path})")
+        raise RawDataError(f"{image_path}: no label file (expected {path})")
     return path
 
 
@@ -136,7 +103,7 @@ def _isdir(path: str) -> bool:
 def _warn_missing(splits: dict[str, Split], missing: list[tuple[str, str]], why: str) -> None:
     """Warns about each expected (path, split) not found, unless no split was found at all.
 
-    With no split at all, `folder_splits` fails with the expected layout instead.
+    With no split at all, `DatasetSpec.read_splits` fails with the expected layout instead.
     """
     if splits:
         for path, split in missing:
@@ -151,7 +118,7 @@ def cityscapes_splits(input_dir: str) -> dict[str, Split]:
     image_root = os.path.join(input_dir, "leftImg8bit")
     label_root = os.path.join(input_dir, "gtFine")
     if not (_isdir(image_root) and _isdir(label_root)):
-        raise DataPrepError(
+        raise RawDataError(
             f"{input_dir}: expected the Cityscapes folders leftImg8bit/ and gtFine/"
         )
     splits = {}
@@ -212,7 +179,7 @@ def pascal_context_splits(input_dir: str) -> dict[str, Split]:
     `train.txt` or `val.txt` is warned about.
 
     Raises:
-        DataPrepError: no `ImageSets/SegmentationContext` folder (the converter has not
+        RawDataError: no `ImageSets/SegmentationContext` folder (the converter has not
             been run), or a listed image or label is missing.
     """
     for root in (
@@ -224,9 +191,9 @@ def pascal_context_splits(input_dir: str) -> dict[str, Split]:
         if _isdir(list_dir):
             break
     else:
-        raise DataPrepError(
+        raise RawDataError(
             f"--input_dir={input_dir}: no ImageSets/SegmentationContext/ in it, in VOC2010/ "
-            f"or in VOCdevkit/VOC2010/; run {_PASCAL_CONTEXT_CONVERTER} VOCdevkit "
+            f"or in VOCdevkit/VOC2010/; run {PASCAL_CONTEXT_CONVERTER} VOCdevkit "
             "trainval_merged.json first (it writes the label PNGs and the split lists)"
         )
     splits = {}
@@ -237,7 +204,7 @@ def pascal_context_splits(input_dir: str) -> dict[str, Split]:
         for image_id in ids:
             image = os.path.join(root, "JPEGImages", image_id + ".jpg")
             if not tf.io.gfile.exists(image):
-                raise DataPrepError(f"{list_file}: lists {image_id} but {image} is missing")
+                raise RawDataError(f"{list_file}: lists {image_id} but {image} is missing")
             label = os.path.join(root, "SegmentationClassContext", image_id + ".png")
             pairs.append((image, _require_file(label, image)))
         if pairs:
@@ -290,39 +257,3 @@ def synthetic_splits(
         return Split(size, examples)
 
     return {name: split(name, size) for name, size in (("train", num_train), ("val", num_val))}
-
-
-FOLDER_READERS = {
-    "cityscapes": cityscapes_splits,
-    "ade20k": ade20k_splits,
-    "pascal_context": pascal_context_splits,
-    "camvid": camvid_splits,
-}
-
-EXPECTED_LAYOUT = {
-    "cityscapes": "leftImg8bit/<split>/<city>/*_leftImg8bit.png and "
-    "gtFine/<split>/<city>/*_gtFine_labelIds.png",
-    "ade20k": "ADEChallengeData2016/images/{training,validation}/*.jpg and "
-    "ADEChallengeData2016/annotations/{training,validation}/*.png",
-    "pascal_context": "JPEGImages/*.jpg, SegmentationClassContext/*.png and "
-    "ImageSets/SegmentationContext/<split>.txt, the last two written by "
-    f"{_PASCAL_CONTEXT_CONVERTER}",
-    "camvid": "<split>/*.png and <split>annot/*.png",
-}
-
-
-def folder_splits(dataset: str, input_dir: str) -> dict[str, Split]:
-    """Finds every split of `dataset` under `input_dir`.
-
-    Raises:
-        DataPrepError: `input_dir` is missing or holds no split in the expected layout.
-    """
-    if not _isdir(input_dir):
-        raise DataPrepError(f"--input_dir={input_dir} is not a directory")
-    splits = FOLDER_READERS[dataset](input_dir)
-    if not splits:
-        raise DataPrepError(
-            f"--input_dir={input_dir}: no {dataset} images found "
-            f"(expected {EXPECTED_LAYOUT[dataset]})"
-        )
-    return splits

@@ -1,4 +1,7 @@
-"""Checks every example and writes the shards of all splits, all or nothing.
+"""The shard writer: checks every raw example, writes the shards of all splits, all or nothing.
+
+The counterpart of `ciss_tf.data.tfrecord` (the layout) and `input_pipeline` (the reader);
+its input comes from `ciss_tf.data.raw_readers`.
 
 Shards are first written into a temporary folder inside the output folder and moved into
 place only once every split is complete; on any failure the temporary folder is removed,
@@ -17,7 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from ciss_tf.data import tfrecord
-from data_prep.sources import DataPrepError, RawExample, Split
+from ciss_tf.data.raw_readers import RawDataError, RawExample, Split
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -53,47 +56,47 @@ def check_example(
         The record.
 
     Raises:
-        DataPrepError: the first failed check, naming the file at fault.
+        RawDataError: the first failed check, naming the file at fault.
     """
     if raw.image.startswith(_PNG_SIGNATURE):
         image_format = "png"
     elif raw.image.startswith(_JPEG_SIGNATURE):
         image_format = "jpeg"
     else:
-        raise DataPrepError(f"{raw.image_path}: not a PNG or JPEG image")
+        raise RawDataError(f"{raw.image_path}: not a PNG or JPEG image")
     try:
         image = tf.io.decode_image(raw.image, channels=3, expand_animations=False)
     except tf.errors.InvalidArgumentError as e:
-        raise DataPrepError(
+        raise RawDataError(
             f"{raw.image_path}: cannot decode image ({op_error_reason(e)})"
         ) from None
 
     if not raw.label.startswith(_PNG_SIGNATURE) or len(raw.label) < 26:
-        raise DataPrepError(f"{raw.label_path}: label is not a PNG file")
+        raise RawDataError(f"{raw.label_path}: label is not a PNG file")
     # IHDR: bit depth at byte 24, colour type at byte 25.
     bit_depth, colour_type = raw.label[24], raw.label[25]
     if bit_depth != 8 or colour_type != _PNG_GRAY:
-        raise DataPrepError(
+        raise RawDataError(
             f"{raw.label_path}: label must be a single-channel 8-bit PNG "
             f"(found bit depth {bit_depth}, PNG colour type {colour_type})"
         )
     try:
         label = tf.io.decode_png(raw.label, channels=1).numpy()[..., 0]
     except tf.errors.InvalidArgumentError as e:
-        raise DataPrepError(
+        raise RawDataError(
             f"{raw.label_path}: cannot decode label ({op_error_reason(e)})"
         ) from None
 
     height, width = int(image.shape[0]), int(image.shape[1])
     if label.shape != (height, width):
-        raise DataPrepError(
+        raise RawDataError(
             f"{raw.label_path}: label is {label.shape[0]}x{label.shape[1]} but image "
             f"{raw.image_path} is {height}x{width}"
         )
     train_ids = label_map[label]
     bad = np.unique(label[train_ids < 0])
     if bad.size:
-        raise DataPrepError(
+        raise RawDataError(
             f"{raw.label_path}: invalid label values {bad[:10].tolist()} "
             f"(valid: {_ranges(np.flatnonzero(label_map >= 0))})"
             + (f"; {label_hint}" if label_hint else "")
@@ -152,7 +155,7 @@ def write_splits(
         (records written per split, the examples skipped).
 
     Raises:
-        DataPrepError: an example fails a check (without `skip_bad`), or a split ends up
+        RawDataError: an example fails a check (without `skip_bad`), or a split ends up
             empty. No shard is left behind.
     """
     tf.io.gfile.makedirs(output_dir)
@@ -175,7 +178,7 @@ def write_splits(
                     for raw in itertools.islice(examples, count):
                         try:
                             record = check_example(raw, label_map, label_hint)
-                        except DataPrepError as e:
+                        except RawDataError as e:
                             if not skip_bad:
                                 raise
                             skipped.append(Skipped(split, str(e)))
@@ -183,7 +186,7 @@ def write_splits(
                         writer.write(record.SerializeToString())
                         written[split] += 1
             if not written[split]:
-                raise DataPrepError(f"split {split!r}: no valid example to write")
+                raise RawDataError(f"split {split!r}: no valid example to write")
             logging.info("%s: %d records in %d shards", split, written[split], shards)
         for split, new_names in names.items():
             _move_into_place(staging, output_dir, split, new_names)

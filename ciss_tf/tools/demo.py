@@ -145,9 +145,9 @@ def generate_data(data_dir, scale, seed):
     if _has_shards(data_dir, "train") and _has_shards(data_dir, "val"):
         log(f"data: reusing {data_dir}")
         return
-    from data_prep import sources, writer  # noqa: PLC0415  (needed only here)
+    from ciss_tf.data import raw_readers, writer  # noqa: PLC0415  (needed only here)
 
-    splits = sources.synthetic_splits(
+    splits = raw_readers.synthetic_splits(
         seed=seed, num_train=scale.num_train, num_val=scale.num_val,
         height=scale.image_size, width=scale.image_size,
     )
@@ -163,13 +163,13 @@ def generate_data(data_dir, scale, seed):
                     last[0] = time.monotonic()
                 yield example
 
-        return sources.Split(split.size, examples)
+        return raw_readers.Split(split.size, examples)
 
     log(f"data: generating {scale.num_train} + {scale.num_val} synthetic "
         f"{scale.image_size}x{scale.image_size} scenes into {data_dir}")
     writer.write_splits(
         {name: counted(split) for name, split in splits.items()},
-        label_map=sources.LABEL_MAPS[DATASET], output_dir=data_dir,
+        label_map=datasets.get_dataset_info(DATASET).label_map, output_dir=data_dir,
     )
 
 

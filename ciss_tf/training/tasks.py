@@ -28,7 +28,7 @@ class Task:
 
     Args:
       cfg: the run's `TrainConfig`.
-      info: the dataset's `DatasetInfo`.
+      info: the dataset's `DatasetSpec`.
     """
 
     # Terms that are statistics, not loss terms (TensorBoard `rl/` instead of `loss/`).
