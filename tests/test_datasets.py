@@ -1,9 +1,13 @@
-"""The dataset registry and colorize."""
+"""The dataset registry (one DatasetSpec per dataset), its label tables, and colorize."""
+
+import dataclasses
 
 import numpy as np
 import pytest
+from raw_datasets import make_camvid
 
 from ciss_tf.data import datasets
+from ciss_tf.data.raw_readers import RawDataError
 
 
 def test_every_dataset_is_consistent():
@@ -15,6 +19,72 @@ def test_every_dataset_is_consistent():
         assert len(info.class_names) == num_classes == len(set(info.class_names))
         assert info.palette.shape == (num_classes, 3) and info.palette.dtype == np.uint8
         assert (info.ignore_label, info.train_split, info.eval_split) == (255, "train", "val")
+
+
+def test_every_entry_says_all_a_conversion_needs():
+    generated = []
+    for name in datasets.DATASET_NAMES:
+        spec = datasets.get_dataset_info(name)
+        # Every train id is reachable from some raw value; nothing maps outside them.
+        train_ids = set(spec.label_map.tolist()) - {-1, spec.ignore_label}
+        assert train_ids == set(range(spec.num_classes)), name
+        assert spec.label_map.shape == (256,) and spec.label_map.dtype == np.int16
+        assert not spec.palette.flags.writeable and not spec.label_map.flags.writeable
+        if spec.reader is None:
+            generated.append(name)
+            assert spec.expected_layout == ""
+        else:
+            assert callable(spec.reader) and spec.expected_layout, name
+    assert generated == ["synthetic"]
+
+
+def test_label_tables():
+    table = datasets.get_dataset_info("cityscapes").label_map
+    assert (table[7], table[8], table[26], table[0], table[33]) == (0, 1, 13, 255, 18)
+    assert sorted(set(table[:34].tolist()) - {255}) == list(range(19))
+    assert (table[34:] == -1).all()  # ids beyond the table are errors, not ignore
+    ade20k = datasets.get_dataset_info("ade20k").label_map
+    assert ade20k[[0, 1, 150, 151]].tolist() == [255, 0, 149, -1]
+    pascal = datasets.get_dataset_info("pascal_context")
+    assert pascal.label_map[[0, 59, 60, 255]].tolist() == [0, 59, -1, -1]
+    assert "pascal_context.py" in pascal.label_hint
+    camvid = datasets.get_dataset_info("camvid").label_map
+    assert camvid[[0, 10, 11, 12]].tolist() == [0, 10, 255, -1]
+    assert datasets.get_dataset_info("synthetic").label_map[[0, 7, 8]].tolist() == [0, 7, -1]
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"num_classes": 10}, "class_names, palette, label_map"),
+        ({"palette": np.zeros((11, 4), np.uint8)}, "palette"),
+        ({"label_map": np.full(256, 11, np.int16)}, "label_map"),
+        ({"label_map": np.zeros(255, np.int16)}, "label_map"),
+        ({"expected_layout": ""}, "expected_layout"),
+        ({"reader": None}, "expected_layout"),
+    ],
+)
+def test_inconsistent_entry_fails_when_built(change, field):
+    camvid = datasets.get_dataset_info("camvid")
+    with pytest.raises(ValueError, match=f"^dataset 'camvid': inconsistent {field}$"):
+        dataclasses.replace(camvid, **change)
+
+
+def test_read_splits_names_the_folder_and_the_expected_layout(tmp_path):
+    camvid = datasets.get_dataset_info("camvid")
+    with pytest.raises(RawDataError, match=f"^--input_dir={tmp_path / 'no'} is not a directory$"):
+        camvid.read_splits(str(tmp_path / "no"))
+    with pytest.raises(RawDataError) as error:
+        camvid.read_splits(str(tmp_path))
+    assert str(error.value) == (
+        f"--input_dir={tmp_path}: no camvid images found "
+        "(expected <split>/*.png and <split>annot/*.png)"
+    )
+    with pytest.raises(RawDataError, match="^--dataset=synthetic is generated"):
+        datasets.get_dataset_info("synthetic").read_splits(str(tmp_path))
+    make_camvid(tmp_path, np.random.default_rng(0), splits=("val",))
+    splits = camvid.read_splits(str(tmp_path))
+    assert list(splits) == ["val"] and splits["val"].size == 2
 
 
 def test_cityscapes_table_follows_train_ids():

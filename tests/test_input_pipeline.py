@@ -1,22 +1,16 @@
-"""Input pipeline: normalisation, aligned augmentation, exact resume, evaluation, errors."""
+"""Input pipeline: aligned augmentation, exact resume, evaluation, errors."""
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from raw_datasets import png
 
 from ciss_tf.data import input_pipeline as ip
 from ciss_tf.data import preprocessing, tfrecord
 
 MEAN = np.array(preprocessing.MEAN_RGB, np.float32)
-
-
-def png(array: np.ndarray) -> bytes:
-    if array.ndim == 3:
-        array = array[..., ::-1]
-    return cv2.imencode(".png", array)[1].tobytes()
 
 
 def write_shards(directory: Path, split: str, examples, num_shards: int = 1) -> str:
@@ -43,15 +37,6 @@ def write_shards(directory: Path, split: str, examples, num_shards: int = 1) -> 
 
 def rgb_of(normalised: np.ndarray) -> np.ndarray:
     return normalised[..., ::-1] + MEAN
-
-
-def test_normalize_is_caffe_style_and_inverts():
-    x = preprocessing.normalize_image(tf.constant([[[1, 2, 3]]], tf.uint8)).numpy()
-    np.testing.assert_allclose(x, [[[3 - 103.939, 2 - 116.779, 1 - 123.68]]], rtol=0, atol=1e-4)
-    batch = np.random.default_rng(0).integers(0, 256, (2, 5, 4, 3), dtype=np.uint8)
-    normalised = preprocessing.normalize_image(batch)
-    assert normalised.dtype == tf.float32 and normalised.shape == (2, 5, 4, 3)
-    np.testing.assert_array_equal(preprocessing.denormalize_image(normalised).numpy(), batch)
 
 
 # --- Training augmentation ----------------------------------------------------------------

@@ -14,7 +14,7 @@ So `start_index=k` starts at epoch `k // N` directly and skips only the `k % N` 
 serialized records of that epoch, before any decoding or augmentation. Records of an
 epoch never cross into the next one. A window shuffle mixes less than a sliding
 `Dataset.shuffle` buffer but, unlike it, does not depend on the global TF seed;
-`data_prep` writes the train split in a random order, so any window is already a random
+the raw readers give the train split in a random order, so any window is already a random
 sample of it.
 
 With a `tf.distribute.InputContext`, input pipeline `i` of `n` keeps the elements with

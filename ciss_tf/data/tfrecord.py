@@ -1,4 +1,4 @@
-"""The one TFRecord layout shared by `data_prep` (writer) and the input pipeline (reader).
+"""The one TFRecord layout shared by `ciss_tf.data.writer` and the input pipeline (reader).
 
 Each record is a `tf.train.Example` with the DeepLab segmentation keys: the image as stored
 on disk (PNG or JPEG bytes, untouched), its file name and size, and the label map already in
@@ -20,7 +20,7 @@ IMAGE_WIDTH = "image/width"
 LABEL_ENCODED = "image/segmentation/class/encoded"
 LABEL_FORMAT = "image/segmentation/class/format"
 # The label value of unlabelled pixels in the stored train ids, for every dataset: the one
-# definition (data_prep writes it, the pipeline, losses and metrics leave it out).
+# definition (the writer writes it, the pipeline, losses and metrics leave it out).
 IGNORE_LABEL = 255
 
 _FEATURES = {
