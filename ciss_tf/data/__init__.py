@@ -1,1 +1,1 @@
-"""Data: the dataset registry, the TFRecord layout, preprocessing and the input pipelines."""
+"""Data: dataset registry, raw readers, shard writer, record layout, preprocessing, pipelines."""
