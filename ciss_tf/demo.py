@@ -1,16 +1,18 @@
 r"""The embedded demo, end to end on a CPU: `python -m ciss_tf.demo [--workdir=DIR]`.
 
-What it runs and writes: `ciss_tf.tools.demo`.
+    python -m ciss_tf.demo [--workdir=runs/demo] [--ablations=all] [--seed=0] [--data_dir=DIR]
+
+The flags make a `tools.demo.DemoConfig` for `tools.demo.run_demo`; what it runs and
+writes: docs/demo.md.
 """
 
 import sys
 
+import tensorflow as tf
 from absl import app, flags
 
-from ciss_tf.tools import (
-    cli,  # noqa: F401  (train: the --seed and --data_dir flags)
-    demo,
-)
+from ciss_tf import train
+from ciss_tf.tools import cli, demo
 
 flags.DEFINE_string("workdir", "runs/demo", "Folder of the data, runs and results.")
 flags.DEFINE_enum(
@@ -36,10 +38,15 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
     try:
-        demo.run_demo(FLAGS.workdir, FLAGS.ablations, FLAGS.demo_scale, FLAGS.seed,
-                      FLAGS.data_seed, FLAGS.data_dir)
-    except (demo.DemoError, FileNotFoundError, ValueError) as error:
+        cfg = demo.DemoConfig(
+            workdir=FLAGS.workdir, ablations=FLAGS.ablations, scale=FLAGS.demo_scale,
+            seed=FLAGS.seed, data_seed=FLAGS.data_seed, data_dir=FLAGS.data_dir,
+        )
+        demo.run_demo(cfg, train.parse_config)
+    except (demo.DemoError, OSError, ValueError) as error:
         sys.exit(f"error: {error}")
+    except tf.errors.OpError as error:  # e.g. a --workdir or --data_dir that is a file
+        sys.exit(f"error: {error.message.strip().splitlines()[0]}")
 
 
 def run():

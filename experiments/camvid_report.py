@@ -41,7 +41,7 @@ from ciss_tf import train
 from ciss_tf.data import datasets, input_pipeline, preprocessing
 from ciss_tf.modeling import checkpoints, ops
 from ciss_tf.serving import exporter
-from ciss_tf.tools import demo
+from ciss_tf.tools import demo_report, greedy_eval
 from ciss_tf.training import summaries
 
 flags.DEFINE_string("runs", "runs/camvid", "Folder of the runs written by camvid.sh.")
@@ -328,7 +328,7 @@ def _scaled(dataset):
 
 def gate_table(runs, seeds, info):
     """(markdown lines of the gate statistics, the first seed's CiSS-Net greedy unroll)."""
-    lines = ["", f"## Gate at t = {demo.GATE_STEP} on val (greedy; stride-8 grid)", "",
+    lines = ["", f"## Gate at t = {greedy_eval.GATE_STEP} on val (greedy; stride-8 grid)", "",
              "| run | seed | keep rate | kept | kept where p-map right | where wrong |",
              "|---|---|---|---|---|---|"]
     figure_unroll = None
@@ -337,9 +337,9 @@ def gate_table(runs, seeds, info):
             continue
         for seed in run.seeds(seeds):
             model = load_run(run_dir(runs, run, seed))
-            unroll = demo.greedy_unroll(model)
-            _, gate, _ = demo.evaluate_run(unroll, _scaled(_val_dataset(info)),
-                                           info.num_classes)
+            unroll = greedy_eval.greedy_unroll(model)
+            _, gate, _ = greedy_eval.evaluate_run(unroll, _scaled(_val_dataset(info)),
+                                                  info.num_classes)
             if run.key == "ciss" and figure_unroll is None:
                 figure_unroll = unroll
             rate = "-" if model.random_keep_rate is None else f"{model.random_keep_rate:.3f}"
@@ -362,7 +362,7 @@ def served_scores(info):
 def write_figure(unroll, info):
     """The Figure-1 style panel of a few val images at the training scale."""
     batches = [b for i, b in enumerate(_scaled(_val_dataset(info))) if i in FIGURE_VAL_IMAGES]
-    panel = demo.figure_panel(unroll, batches, info.palette)
+    panel = demo_report.figure_panel(unroll, batches, info.palette)
     # figure_panel zooms its tiles 2x (made for the demo's 96x96 scenes): back to 1x.
     panel = cv2.resize(panel, (panel.shape[1] // 2, panel.shape[0] // 2),
                        interpolation=cv2.INTER_AREA)

@@ -1,25 +1,15 @@
-"""The benchmark: its small helpers, a tiny run's JSON, and bad flags (timings not asserted)."""
+"""The benchmark: its small helpers, a tiny run's results, and bad flags (timings not asserted)."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+import types
 
 import pytest
 import tensorflow as tf
+from conftest import cli_error_line, run_cli
 
-from ciss_tf import benchmark
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run(*args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, "-m", "ciss_tf.benchmark", *args], cwd=ROOT, env=env,
-        capture_output=True, text=True, check=False,
-    )
+from ciss_tf import benchmark as benchmark_command
+from ciss_tf import train
+from ciss_tf.tools import benchmark, benchmark_report, train_probe
 
 
 def test_feature_size_is_pspnet_output_stride_8():
@@ -52,15 +42,14 @@ def test_graph_flops_counts_a_conv_exactly():
 
 
 def test_tiny_run_writes_the_contract_keys(tmp_path):
-    output = tmp_path / "bench.json"
-    process = _run(
-        "--preset=tiny", "--image_size=32", "--steps=0,2", "--repeats=1",
-        "--sections=inference,pipeline", "--winograd_min_channels=128", "--pipeline_batches=2",
-        f"--output_json={output}",
+    cfg = benchmark.BenchmarkConfig(
+        preset="tiny", image_size=(32, 32), steps=(0, 2), repeats=1,
+        sections=("inference", "pipeline"), winograd_min_channels=128, pipeline_batches=2,
     )
-    assert process.returncode == 0, process.stderr[-2000:]
-    assert "t=2 / t=0" in process.stdout
+    output = tmp_path / "bench.json"
+    benchmark_report.write_json(benchmark.run_benchmark(cfg), str(output))
     results = json.loads(output.read_text())
+    assert "t=2 / t=0" in benchmark_report.format_table(results)
     inference = results["inference"]
     assert set(inference) == {"naive", "cached", "fast", "winograd"}
     assert results["fastest_path"] == "winograd"
@@ -97,24 +86,50 @@ def test_tiny_run_writes_the_contract_keys(tmp_path):
     assert "train" not in results
 
 
-@pytest.mark.parametrize(
-    "flag, message",
-    [("--steps=1,3", "--steps"), ("--output_json=/nonexistent/dir/b.json", "--output_json")],
-)
-def test_bad_flags_exit_with_one_line(flag, message):
-    process = _run("--preset=tiny", flag)
-    assert process.returncode != 0
-    last = process.stderr.strip().splitlines()[-1]
-    assert last.startswith("error:") and message in last
+def _flag_values(**overrides):
+    """The benchmark command's flags at their defaults, with `overrides`."""
+    values = dict(
+        preset="paper", output_json=None, image_size=None, batch=1, steps=["0", "1", "2", "4"],
+        repeats=3, warmup=1, sections=list(benchmark.SECTIONS), winograd_min_channels=512,
+        train_batch=2, train_repeats=2, pipeline_batches=20, unroll_steps=8,
+        jit_compile=False, mixed_precision="float32",
+    )
+    return types.SimpleNamespace(**{**values, **overrides})
+
+
+def test_flags_make_the_config(tmp_path):
+    cfg = benchmark_command.config_from_flags(_flag_values(
+        preset="tiny", image_size=["40"], steps=["2", "0", "2"],
+        output_json=str(tmp_path / "b.json"),
+    ))
+    assert (cfg.network, cfg.size, cfg.steps) == ("tiny", (40, 40), (0, 2))
+    assert benchmark_command.config_from_flags(_flag_values()).size == (473, 473)
+    with pytest.raises(ValueError, match="--output_json"):
+        benchmark_command.config_from_flags(_flag_values(output_json="/nonexistent/dir/b.json"))
+    with pytest.raises(ValueError, match="--image_size"):
+        benchmark_command.config_from_flags(_flag_values(image_size=["16"]))
+
+
+def test_bad_steps_exit_with_one_line():
+    result = run_cli("ciss_tf.benchmark", "--preset=tiny", "--steps=1,3", check=False)
+    assert "--steps" in cli_error_line(result)
+
+
+def test_training_probe_trains_what_the_train_command_would():
+    for stage in ("pspnet", "ciss"):
+        probe = train_probe.TrainProbe(stage, "tiny", "synthetic", (64, 48), 2, 3, 1,
+                                       mixed_precision="mixed_bfloat16")
+        assert probe.train_config() == train.parse_config([
+            f"--stage={stage}", "--preset=tiny", "--dataset=synthetic", "--crop_size=64,48",
+            "--batch_size=2", "--unroll_steps=3", "--mixed_precision=mixed_bfloat16",
+        ]), stage
 
 
 @pytest.mark.slow
-def test_full_tiny_run_with_training_and_memory(tmp_path):
-    output = tmp_path / "bench.json"
-    process = _run("--preset=tiny", "--repeats=1", "--train_repeats=1",
-                   f"--output_json={output}")
-    assert process.returncode == 0, process.stderr[-2000:]
-    results = json.loads(output.read_text())
+def test_full_tiny_run_with_training_and_memory():
+    results = benchmark.run_benchmark(
+        benchmark.BenchmarkConfig(preset="tiny", repeats=1, train_repeats=1)
+    )
     for stage in ("pspnet", "ciss"):
         probe = results["train"][stage]
         assert probe["images_per_second"] == pytest.approx(

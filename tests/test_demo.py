@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -11,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import cli_error_line, run_cli
 
 from ciss_tf import train
 from ciss_tf.data import datasets
-from ciss_tf.tools import demo
+from ciss_tf.tools import demo, demo_report, greedy_eval
 
-ROOT = Path(__file__).resolve().parents[1]
 PALETTE = datasets.get_dataset_info("synthetic").palette
 
 
@@ -30,7 +28,7 @@ def _stub_unroll(labels, small_labels, context, actions):
 
 
 def test_evaluate_run_scores_steps_and_gate_against_hand_counts():
-    steps = len(demo.EVAL_STEPS)
+    steps = len(greedy_eval.EVAL_STEPS)
     labels = np.zeros([1, 16, 16], np.int32)
     labels[0, :, 8:] = 1
     labels[0, 0, 0] = 255  # ignored: never counted
@@ -40,15 +38,16 @@ def test_evaluate_run_scores_steps_and_gate_against_hand_counts():
         predictions[t, 0, :, :t] = 1
     # Stride-8 grid 2 x 2: labels (nearest, corners aligned) [[255, 1], [0, 1]].
     small = np.array([[[[0, 1], [0, 1]]]] * steps, np.int32)
-    small[demo.GATE_STEP, 0, 1, 0] = 1  # wrong at (1, 0); (0, 0) is ignored
+    small[greedy_eval.GATE_STEP, 0, 1, 0] = 1  # wrong at (1, 0); (0, 0) is ignored
     actions = np.zeros([steps - 1, 1, 2, 2], np.int32)
-    actions[demo.GATE_STEP, 0] = [[1, 1], [1, 0]]  # keeps the ignored, a right and the wrong
+    # Keeps the ignored pixel, a right and the wrong one.
+    actions[greedy_eval.GATE_STEP, 0] = [[1, 1], [1, 0]]
     unroll = _stub_unroll(predictions, small, actions, actions)
     dataset = [{"image": tf.zeros([1, 16, 16, 3]), "label": tf.constant(labels)}]
 
-    scores, gate, errors = demo.evaluate_run(unroll, dataset, num_classes=2)
+    scores, gate, errors = greedy_eval.evaluate_run(unroll, dataset, num_classes=2)
 
-    for t in demo.EVAL_STEPS:
+    for t in greedy_eval.EVAL_STEPS:
         wrong = 16 * t - (1 if t else 0)  # minus the ignored pixel once it is predicted
         class0 = 16 * 8 - 1
         iou0 = (class0 - wrong) / class0
@@ -62,7 +61,7 @@ def test_evaluate_run_scores_steps_and_gate_against_hand_counts():
 
 
 def test_figure_panel_layout_and_uncertain_pixels_white():
-    steps = max(demo.FIGURE_STEPS) + 1
+    steps = max(demo_report.FIGURE_STEPS) + 1
     labels = np.stack([np.full([1, 16, 24], t, np.int32) for t in range(steps + 1)])
     context = np.zeros([steps, 1, 2, 3], np.int32)
     context[:, 0, 0, 0] = 3  # class 2 kept at the top-left cell, the rest uncertain
@@ -70,20 +69,20 @@ def test_figure_panel_layout_and_uncertain_pixels_white():
     image = np.zeros([1, 16, 24, 3], np.float32)  # the mean pixel after normalisation
     batch = {"image": tf.constant(image), "label": tf.fill([1, 16, 24], 4)}
 
-    panel = demo.figure_panel(unroll, [batch, batch], PALETTE)
+    panel = demo_report.figure_panel(unroll, [batch, batch], PALETTE)
 
-    assert panel.shape == (*demo.figure_size(16, 24, 2), 3) and panel.dtype == np.uint8
-    zoom, gap = demo.FIGURE_ZOOM, demo.FIGURE_GAP
+    assert panel.shape == (*demo_report.figure_size(16, 24, 2), 3) and panel.dtype == np.uint8
+    zoom, gap = demo_report.FIGURE_ZOOM, demo_report.FIGURE_GAP
     tile_h, tile_w = 16 * zoom, 24 * zoom
 
     def tile(row, column):
-        top, left = demo.FIGURE_HEADER + row * (tile_h + gap), column * (tile_w + gap)
+        top, left = demo_report.FIGURE_HEADER + row * (tile_h + gap), column * (tile_w + gap)
         return panel[top:top + tile_h, left:left + tile_w]
 
     for row in range(2):
         np.testing.assert_array_equal(tile(row, 0), np.broadcast_to((124, 117, 104), (32, 48, 3)))
         assert (tile(row, 1) == PALETTE[4]).all()
-        for k, t in enumerate(demo.FIGURE_STEPS):
+        for k, t in enumerate(demo_report.FIGURE_STEPS):
             assert (tile(row, 2 + 2 * k) == PALETTE[t]).all()
             context_tile = tile(row, 3 + 2 * k)
             # Nearest neighbour with corners aligned: the top-left cell covers 8 x 6 pixels.
@@ -99,7 +98,7 @@ def test_a_run_is_the_flagfile_with_overrides_winning(tmp_path):
     assert train.parse_config([f"--flagfile={flagfile}", "--max_steps=3"]).max_steps == 3
     flagfile.write_text("--stage=ciss\n--unroll_steps=x\n")
     with pytest.raises(demo.DemoError, match="unroll_steps"):
-        demo.train_run("x", str(flagfile), str(tmp_path / "run"), [])
+        demo.train_run("x", str(flagfile), str(tmp_path / "run"), [], train.parse_config)
 
 
 def test_demo_flagfiles_train_every_run_for_the_same_steps():
@@ -113,19 +112,17 @@ def test_demo_flagfiles_train_every_run_for_the_same_steps():
                                      "--unroll_steps")) for f in run.flags)
 
 
-def test_tiny_demo_end_to_end(tmp_path):
+def test_tiny_demo_end_to_end(tmp_path, capsys):
     workdir = tmp_path / "demo"
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "ciss_tf.demo", f"--workdir={workdir}", "--demo_scale=test"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+    returned = demo.run_demo(demo.DemoConfig(workdir=str(workdir), scale="test"),
+                             train.parse_config)
     elapsed = time.monotonic() - started
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "Table 1" in result.stdout and "Table 4" in result.stdout
+    stdout = capsys.readouterr().out
+    assert "Table 1" in stdout and "Table 4" in stdout
 
     results = json.loads((workdir / "results.json").read_text())
+    assert results["runs"] == returned["runs"]
     assert set(results["steps"]) == {"0", "2", "4", "6"}
     assert {"baseline", "no_context", "baseline_pmap", "ciss"} <= set(results["ablations"])
     # Seconds of this run (not milliseconds, not a stale file's).
@@ -155,8 +152,16 @@ def test_tiny_demo_end_to_end(tmp_path):
 
     scale = demo.SCALES["test"]
     figure = cv2.imread(str(workdir / "figure.png"))
-    expected = demo.figure_size(scale.image_size, scale.image_size,
-                                min(demo.FIGURE_IMAGES, scale.num_val))
+    expected = demo_report.figure_size(scale.image_size, scale.image_size,
+                                       min(demo_report.FIGURE_IMAGES, scale.num_val))
     assert figure is not None and figure.shape == (*expected, 3)
     for run in ("pspnet", "ciss", "no_context", "baseline_pmap"):
         assert tf.io.gfile.glob(str(workdir / run / "train" / "events.out.tfevents.*")), run
+
+
+def test_bad_workdir_exits_with_one_line(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    result = run_cli("ciss_tf.demo", f"--workdir={not_a_folder}", "--demo_scale=test",
+                     check=False)
+    assert str(not_a_folder) in cli_error_line(result)

@@ -5,38 +5,13 @@ Stage 1 (PSPNet) may start its dilated ResNet from the ImageNet weights of
 disk only (nothing is downloaded): the standard
 `resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5` /
 `resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5`, or a file written by
-`model.save_weights` from a `ResNet50/101(include_top=False)` model (`.weights.h5`).
+`model.save_weights` from a `ResNet50/101(include_top=False)` model (`.weights.h5`). The
+backbone must have Keras's 7x7 stem (`stem="resnet"`, presets `resnet50` / `resnet101`).
+Every backbone variable is covered; the PPM and both PSPNet heads keep their random
+initialisation.
 
-Keras ResNet v1 has the 7x7 stem, so the backbone must be built with `stem="resnet"`
-(`--stem=resnet`), not the deep three-3x3 stem of SPEC.md, and with the matching depths
-(ResNet-50: `(3, 4, 6, 3)`, ResNet-101: `(3, 4, 23, 3)`; `width=64`, presets `resnet50` and
-`resnet101`). Both put the stride of a stage's first block on its first 1x1 conv and on the
-projection, as our caffe-style backbone does, so the mapping is one to one:
-
-| Keras ResNet layers                  | `DilatedResNet(stem="resnet")` layer |
-|--------------------------------------|--------------------------------------|
-| `conv1_conv` + `conv1_bn`            | `conv1_7x7` (conv + bn)              |
-| `conv{s}_block{b}_1_conv` + `_1_bn`  | `conv{s}_{b}/1x1_reduce`             |
-| `conv{s}_block{b}_2_conv` + `_2_bn`  | `conv{s}_{b}/3x3`                    |
-| `conv{s}_block{b}_3_conv` + `_3_bn`  | `conv{s}_{b}/1x1_increase`           |
-| `conv{s}_block1_0_conv` + `_0_bn`    | `conv{s}_1/1x1_proj`                 |
-
-for stages `s` = 2..5 and blocks `b` = 1..depth of the stage. Every backbone variable is
-covered; the PPM and both PSPNet heads keep their random initialisation.
-
-Conversions:
-
-* Keras ResNet convs carry a bias and ours do not. Each conv feeds a batch norm, so the bias
-  is folded exactly into that norm's moving mean: `mean' = mean - bias` (in training mode
-  the batch mean absorbs the bias anyway).
-* Keras uses batch norm epsilon 1.001e-5; the `resnet`-stem backbone uses the same value
-  (the deep stem keeps PSPNet's 1e-5), so the converted layers compute the same function.
-* res4 and res5 are dilated (stride 1, dilation 2 and 4) where Keras ResNet strides by 2:
-  the weights are reused as they are, as PSPNet and DeepLab do, so only the stem, res2 and
-  res3 reproduce the Keras activations exactly.
-* Input: Keras ResNet v1 expects caffe-style input (`imagenet_utils.preprocess_input` mode
-  "caffe": BGR, ImageNet means subtracted, no scaling), which is exactly our
-  `ciss_tf.data.preprocessing.normalize_image`; no change of input pipeline is needed.
+The layer mapping and the conversions (conv biases folded into the batch norms, Keras's
+batch-norm epsilon, dilated res4 / res5): docs/datasets.md, "ImageNet initialisation".
 """
 
 import os
@@ -86,7 +61,7 @@ def load_keras_resnet_weights(backbone, path, depth=50):
       depth: 50 or 101.
 
     Returns:
-      The mapped layers, as `(keras_prefix, ciss_name)` pairs (see the module docstring).
+      The mapped layers, as `(keras_prefix, ciss_name)` pairs (docs/datasets.md lists them).
 
     Raises:
       ValueError: naming `path`, if the file is missing or unreadable or does not hold

@@ -1,65 +1,16 @@
 r"""The official PSPNet weights (Caffe) as a stage-1 PSPNet (`ciss_tf.convert.import_pspnet`).
 
 The paper's feature nets are the official PSPNet models (PSPNet-50 on ADE20K, PSPNet-101 on
-Cityscapes), released as Caffe models. `--weights` is either
+Cityscapes), released as Caffe models. `--weights` is either the `.caffemodel` itself, read
+by `ciss_tf.convert.caffe` (no Caffe needed), or the NumPy dict the original code loads (a
+pickle: only load files you trust); the file's content tells which. The model is the PSPNet
+the flags describe (`--preset`, `--dataset`, `--stem` must be `deep`); the written
+checkpoint (the prefix `--output`) is what stage 1 writes, so stage 2 takes it as
+`--init_checkpoint`. Every variable but the auxiliary res4 head must be found with its exact
+shape, or nothing is written.
 
-* the `.caffemodel` itself, read by `ciss_tf.convert.caffe` (no Caffe needed), or
-* the NumPy dict the original code loads: `np.save` of `{layer: {name: array}}` keyed by
-  Caffe layer name with `/` written `_` (`conv1_1_3x3_s2`, `conv1_1_3x3_s2_bn`, ...);
-  convolutions hold `weights` (`[kh, kw, in, out]`) and optionally `biases`, batch norms
-  `scale`, `offset`, `mean`, `variance`. Only load files you trust (it is a pickle).
-
-The format is told by the file's content. The model is the PSPNet the flags describe
-(`--preset`, `--dataset`, `--stem` must be `deep`); the written checkpoint (the prefix
-`--output`) is what stage 1 writes, so stage 2 takes it as `--init_checkpoint` and
-`python -m ciss_tf.evaluate --stage=pspnet --eval_steps=0 --checkpoint=...` evaluates the
-imported PSPNet on its own (the Table 6 baseline).
-
-Mapping (`s` = 2..5, `b` = 1..depth of stage `s`; each Caffe conv has a `<name>_bn`):
-
-| Caffe layer                     | our layer (conv + bn)                         |
-|---------------------------------|-----------------------------------------------|
-| `conv1_1_3x3_s2`                | `feature_net/backbone/conv1_1_3x3`            |
-| `conv1_2_3x3`, `conv1_3_3x3`    | `feature_net/backbone/conv1_2_3x3`, `..._3x3` |
-| `conv{s}_{b}_1x1_reduce`        | `feature_net/backbone/conv{s}_{b}/1x1_reduce` |
-| `conv{s}_{b}_3x3`               | `feature_net/backbone/conv{s}_{b}/3x3`        |
-| `conv{s}_{b}_1x1_increase`      | `feature_net/backbone/conv{s}_{b}/1x1_increase` |
-| `conv{s}_1_1x1_proj`            | `feature_net/backbone/conv{s}_1/1x1_proj`     |
-| `conv5_3_pool{1,2,3,6}_conv`    | `feature_net/ppm/pool{k}_conv`, `pool{k}_batch_norm` |
-| `conv5_4`                       | `head/conv`, `head/bn`                        |
-| `conv6` (weights and biases)    | `head/classifier`                             |
-
-Our auxiliary head on res4 (`aux_head/*`) has no counterpart in the released deploy models
-(it exists only while training) and keeps its initialisation; it plays no part in
-inference nor in stage 2. Every other variable must be found with its exact shape: a missing
-or mis-shaped tensor, a stage depth that differs from `--preset`, a strided conv of res3
-other than the model's (below) or a batch-norm epsilon other than 1e-5 is an error, and
-nothing is written. Source tensors the model does not use are reported as skipped.
-
-Conversions:
-
-* Caffe conv weights `[out, in, kh, kw]` become `[kh, kw, in, out]` (both frameworks
-  correlate, no kernel flip). PSPNet's `BN` layer stores four `(1, C, 1, 1)` blobs in the
-  order scale, shift, mean, variance (`hszhao/PSPNet`, `bn_layer.cpp`) and computes
-  `scale * (x - mean) / sqrt(variance + eps) + shift` with eps 1e-5 (`bn_param.eps`,
-  checked when the `.caffemodel` is read), which is our frozen batch norm.
-* A bias on a conv that feeds a batch norm is folded into the norm's mean
-  (`imagenet.fold_conv_bias`); the official models have none.
-* Input: PSPNet's first conv sees BGR minus the ImageNet means, which is exactly what
-  `preprocessing.normalize_image` feeds our model, so its input channels stay as they are.
-
-The backbone matches Caffe's PSPNet where it matters for these weights: 3x3 convs padded
-symmetrically by their dilation, BN epsilon 1e-5, the PPM concatenated in the order res5,
-6, 3, 2, 1, and the stride 2 of res3 on its projection and on either its first 1x1 conv
-(PSPNet-50, ADE20K) or its first 3x3 conv (both official PSPNet-101 models: Cityscapes and
-VOC 2012, per their deploy prototxts). The latter is `FeatureNet(stride_on="3x3")`; the
-`.caffemodel` records which one its net uses and the import refuses a model that differs
-(a NumPy dict records no strides: the official placement for its depth is assumed).
-One difference remains: Caffe rounds the 3x3/2 max pool after the stem up (`ceil`), ours
-down. They agree when the stem's output side is odd, that is for input sides of 1 or 2
-modulo 4, which includes PSPNet's windows 473 and 713; at other sizes Caffe would add one
-pooled row or column (and its PPM, whose kernels the prototxt fixes for 60x60 or 90x90
-maps, would pool differently anyway).
+The layer mapping, the conversions, what is checked and how Caffe's PSPNet differs from our
+backbone: docs/pspnet_weights.md.
 """
 
 import dataclasses

@@ -2,24 +2,11 @@
 
 `export_saved_model` writes `export_dir/<version>/` (into a hidden folder renamed into place
 once complete, so a server watching the folder never sees a half-written version; an
-existing version is never overwritten). Its signatures (whole-image inference at the
-original size, greedy actions, T fixed at export time):
-
-* `serving_default`: `images` uint8 `[B, H, W, 3]`, RGB, any H and W up to
-  `max_image_size` per side.
-* `serving_bytes`: `image_bytes` string `[B]`, encoded PNG / JPEG / BMP / GIF (decoded to
-  RGB); all images of one request must have the same size.
-
-Both return `labels` int32 `[B, H, W]` (class ids at step T) and `context` int32 `[B, H, W]`
-(the last context map, fed to step T, upsampled nearest; 0 = uncertain, k = class k - 1
-kept; all 0 when T = 0); with `probabilities`, also `probabilities` float32
-`[B, H, W, Nc]` (softmax at step T). That is Nc floats per pixel (160 MB for one Cityscapes
-image, far above gRPC's default 4 MB message and heavy as REST JSON), hence opt-in.
-Normalisation and resizing live inside the graph (`input_scale` resizes the image before
-the network, for models trained at a reduced resolution). A request with a wrong dtype or
-rank fails at the signature; wrong channel counts, empty batches or images, images above
-the size limit, undecodable bytes and mixed sizes fail with an `InvalidArgumentError`
-whose message names the problem.
+existing version is never overwritten). Its signatures `serving_default` (uint8 images) and
+`serving_bytes` (encoded images) run whole-image inference at the original size with greedy
+actions, T fixed at export time, normalisation and resizing inside the graph; `score_export`
+scores a loaded export as a client would. The signatures' inputs, outputs and errors:
+docs/serving.md.
 """
 
 import os

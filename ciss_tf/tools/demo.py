@@ -1,42 +1,12 @@
 r"""The embedded demo: CiSS-Net against capacity-matched controls on synthetic scenes.
 
-    python -m ciss_tf.demo [--workdir=runs/demo] [--ablations=all] [--seed=0] [--data_dir=DIR]
+    results = demo.run_demo(demo.DemoConfig(workdir="runs/demo"), train.parse_config)
 
-What it does, in `--workdir` (every step is skipped when its output is already there, so
-an interrupted run continues where it stopped; delete the folder to start over):
-
-1. writes the synthetic dataset (`ciss_tf.data.synthetic`) as TFRecords into `data/` (or
-   into `--data_dir`, so that runs with several `--seed`s can share one dataset);
-2. stage 1: trains the tiny PSPNet (with its Pyramid Pooling Module) into `pspnet/`
-   (`experiments/demo_pspnet.flags`);
-3. stage 2, every run with the same flags, steps and frozen features
-   (`experiments/demo.flags`): CiSS-Net (`ciss/`) and two controls, "no context"
-   (`--context_mode=none`: the same Base + Bias Net fed an all-uncertain context map at
-   every step, so it has the capacity but no information from the p-map) and
-   "baseline + p-map" (`--context_mode=pmap`: every action 1, no RL); `--ablations=all`
-   adds the gated variant (lambda2 = 0.001) and the gamma and lambda2 sweeps of the
-   paper's Tables 2-3;
-4. scores every run on the validation split at t = 0..6 (greedy policy) and measures the
-   Context Net's gate: the share of pixels kept as context at t = 1, overall and split by
-   whether the p-map at t = 1 is right there;
-5. exports CiSS-Net as a SavedModel for TF Serving into `export/<step>/` (T = 2) and
-   scores the loaded export on the validation images sent as encoded PNGs, as a client
-   would (`served` in `results.json`);
-6. writes `results.json`, a Figure-1 style panel `figure.png` (input, ground truth, then the
-   p-map and the context map at steps 0, 1, 2; uncertain pixels white), TensorBoard scalars
-   under `<run>/eval`, and prints the tables.
-
-Trainings run in this process through `training.trainer.train`, each with the config of
-`python -m ciss_tf.train --flagfile=experiments/demo[_pspnet].flags --model_dir=... ...`
-(one TensorFlow start-up instead of four; the trainer's progress lines appear as usual).
-Evaluation is greedy, one traced unroll per run. `results.json`:
-
-    {"steps": {"0": {"miou", "pixel_accuracy"}, "2": .., "4": .., "6": ..},   CiSS-Net
-     "ablations": {"baseline", "no_context", "baseline_pmap", "ciss", ...},  mIoU at t = 2
-     "kept_fraction": .., "seconds": .., ...}
-
-("baseline" is CiSS-Net's own t = 0; fractions in [0, 1]; further keys hold every run's
-scores, the gate statistics and the settings.)
+`ciss_tf.demo` is the command. In `workdir` it writes the synthetic data, trains the tiny
+PSPNet (stage 1), then CiSS-Net and its controls (stage 2), scores them at t = 0..6,
+exports CiSS-Net and scores the export, and writes `results.json`, `figure.png` and
+TensorBoard logs; every step already done is skipped. The steps, the runs and the keys of
+`results.json`: docs/demo.md.
 """
 
 import dataclasses
@@ -50,24 +20,15 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from ciss_tf import metrics, train
-from ciss_tf.data import datasets, input_pipeline, preprocessing
-from ciss_tf.modeling import checkpoints, config, inference, ops
+from ciss_tf.data import datasets, input_pipeline
+from ciss_tf.modeling import checkpoints, config
 from ciss_tf.serving import exporter
+from ciss_tf.tools import demo_report, greedy_eval
 from ciss_tf.training import trainer
 
 DATASET = "synthetic"
 PRESET = "tiny"
-EVAL_STEPS = (0, 1, 2, 3, 4, 5, 6)
-TABLE_STEPS = (0, 2, 4, 6)
-HEADLINE_STEP = 2
 EVAL_BATCH = 25
-GATE_STEP = 1
-FIGURE_STEPS = (0, 1, 2)
-FIGURE_IMAGES = 4
-FIGURE_ZOOM = 2
-FIGURE_GAP = 4
-FIGURE_HEADER = 18
 _EXPERIMENTS = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments"
 )
@@ -131,6 +92,33 @@ LAMBDA2_SWEEP = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """One run of the demo (`ciss_tf.demo`'s flags say more).
+
+    Attributes:
+      workdir: folder of the data, the runs and the results.
+      ablations: "default" (CiSS-Net and two controls) or "all" (also `EXTRA_RUNS`).
+      scale: a key of `SCALES` (`--demo_scale`).
+      seed: seed of every training run.
+      data_seed: seed of the synthetic dataset.
+      data_dir: where the dataset is (or is written); None: `<workdir>/data`.
+    """
+
+    workdir: str = "runs/demo"
+    ablations: str = "default"
+    scale: str = "default"
+    seed: int = 0
+    data_seed: int = 0
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        if self.ablations not in ("default", "all"):
+            raise ValueError(f"--ablations={self.ablations}: not one of ('default', 'all')")
+        if self.scale not in SCALES:
+            raise ValueError(f"--demo_scale={self.scale}: not one of {tuple(SCALES)}")
+
+
 class DemoError(Exception):
     """A step of the demo failed; the message is one line saying which."""
 
@@ -181,12 +169,19 @@ def _has_shards(data_dir, split):
     return True
 
 
-def train_run(name, flagfile, model_dir, args):
-    """Trains one run with `ciss_tf.train` in this process, unless it is already done.
+def train_run(name, flagfile, model_dir, args, parse_train_config):
+    """Trains one run in this process, unless it is already done.
 
     The run is the `TrainConfig` of `python -m ciss_tf.train --flagfile=<flagfile>
-    --model_dir=<model_dir> <args>` (`train.parse_config`; the demo's own flags play no
-    part).
+    --model_dir=<model_dir> <args>` (the demo's own flags play no part).
+
+    Args:
+      name: the run's name in the progress lines and errors.
+      flagfile: its training flagfile.
+      model_dir: its folder.
+      args: further `ciss_tf.train` flags (they win over the flagfile's).
+      parse_train_config: `ciss_tf.train.parse_config`, passed in by the caller so that
+        this library imports no command.
 
     Returns:
       The run's `TrainConfig`.
@@ -196,7 +191,7 @@ def train_run(name, flagfile, model_dir, args):
     """
     args = [f"--flagfile={flagfile}", f"--model_dir={model_dir}", *args]
     try:
-        cfg = train.parse_config(args)
+        cfg = parse_train_config(args)
     except (flags.Error, ValueError) as error:
         raise DemoError(f"training {name} failed: {error}") from None
     latest = tf.train.latest_checkpoint(model_dir) if tf.io.gfile.isdir(model_dir) else None
@@ -226,198 +221,32 @@ def load_run(model_dir, num_classes, context_mode, preset=PRESET):
     return model
 
 
-def greedy_unroll(model, num_steps=EVAL_STEPS[-1]):
-    """The traced greedy unroll used for every score, gate statistic and figure.
-
-    Returns:
-      `fn(images)` -> dict: `labels` int32 `[T+1, B, H, W]` (class ids at the input size,
-      logits upsampled as `ciss_tf.modeling.inference` does), `small_labels` int32 `[T+1, B, h, w]`
-      (the same at stride 8), `context` and `actions` int32 `[T, B, h, w]`.
-    """
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-    def unroll(images):
-        outputs = inference.segment(model, images, num_steps, context_steps=())
-        context = outputs["small_context"]
-        return {
-            "labels": outputs["labels"],
-            "small_labels": tf.argmax(outputs["small_logits"], -1, tf.int32),
-            "context": context,
-            # K_t = B_t (argmax + 1): kept exactly where the context map is not uncertain.
-            "actions": tf.cast(context > 0, tf.int32),
-        }
-
-    return unroll
-
-
-def evaluate_run(unroll, dataset, num_classes, ignore_label=datasets.IGNORE_LABEL):
-    """Scores at every step of `EVAL_STEPS` and the gate statistics at `GATE_STEP`.
+def run_demo(cfg, parse_train_config):
+    """Runs the whole demo and returns the results dict (docs/demo.md lists its keys).
 
     Args:
-      unroll: `greedy_unroll(model)`.
-      dataset: batches of `image` and `label` (`input_pipeline.eval_dataset`).
-      num_classes: Nc.
-      ignore_label: label of unscored pixels.
+      cfg: a `DemoConfig`.
+      parse_train_config: `ciss_tf.train.parse_config` (see `train_run`).
 
-    Returns:
-      `(scores, gate, step0_errors)`: `scores` `{"<t>": {"miou", "pixel_accuracy", "iou"}}`
-      from one confusion matrix per step over the whole dataset; `gate` `{"kept",
-      "kept_where_right", "kept_where_wrong", "pmap_error"}`, measured on the stride-8 grid
-      against nearest-downsampled labels: the share of all pixels kept as context
-      `K_GATE_STEP`, the same among labelled pixels whose prediction at `GATE_STEP` is right
-      (wrong), and the share of labelled pixels predicted wrong (NaN where nothing is
-      counted); `step0_errors` the number of wrong pixels at t = 0, per image.
+    Raises:
+      DemoError: a training run failed.
     """
-    confusion = np.zeros([len(EVAL_STEPS), num_classes, num_classes], np.int64)
-    gate_counts = np.zeros(5, np.int64)  # pixels, kept, right, wrong, kept & right
-    kept_wrong, step0_errors = 0, []
-    for batch in dataset:
-        outputs = {k: v.numpy() for k, v in unroll(batch["image"]).items()}
-        labels = batch["label"].numpy()
-        for i, t in enumerate(EVAL_STEPS):
-            confusion[i] += metrics.confusion_matrix(
-                labels, outputs["labels"][t], num_classes, ignore_label
-            )
-        step0_errors += list(((outputs["labels"][0] != labels)
-                              & (labels != ignore_label)).sum(axis=(1, 2)))
-        kept = outputs["actions"][GATE_STEP].astype(bool)
-        small = ops.resize_labels(tf.constant(labels, tf.int32), kept.shape[1:]).numpy()
-        valid = small != ignore_label
-        right = valid & (outputs["small_labels"][GATE_STEP] == small)
-        wrong = valid & ~right
-        gate_counts += [kept.size, kept.sum(), right.sum(), wrong.sum(), (kept & right).sum()]
-        kept_wrong += (kept & wrong).sum()
-    pixels, kept, right, wrong, kept_right = gate_counts
-    gate = {
-        "kept": _ratio(kept, pixels),
-        "kept_where_right": _ratio(kept_right, right),
-        "kept_where_wrong": _ratio(kept_wrong, wrong),
-        "pmap_error": _ratio(wrong, right + wrong),
-    }
-    scores = {}
-    for i, t in enumerate(EVAL_STEPS):
-        s = metrics.segmentation_scores(confusion[i])
-        scores[str(t)] = {"miou": s["miou"], "pixel_accuracy": s["pixel_accuracy"],
-                          "iou": [None if np.isnan(v) else v for v in s["iou"]]}
-    return scores, gate, step0_errors
-
-
-def _ratio(numerator, denominator):
-    return float(numerator / denominator) if denominator else float("nan")
-
-
-def write_eval_summaries(model_dir, scores):
-    """TensorBoard scalars `eval/miou` and `eval/pixel_accuracy` with the step t as x axis."""
-    writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
-    with writer.as_default():
-        for t, s in scores.items():
-            tf.summary.scalar("demo/miou_by_step", s["miou"], step=int(t))
-            tf.summary.scalar("demo/pixel_accuracy_by_step", s["pixel_accuracy"], step=int(t))
-    writer.flush()
-
-
-def figure_size(image_height, image_width, num_images=FIGURE_IMAGES):
-    """(height, width) of `figure_panel`'s output for images of the given size."""
-    columns = 2 + 2 * len(FIGURE_STEPS)
-    tile_h, tile_w = image_height * FIGURE_ZOOM, image_width * FIGURE_ZOOM
-    return (FIGURE_HEADER + num_images * (tile_h + FIGURE_GAP),
-            columns * tile_w + (columns - 1) * FIGURE_GAP)
-
-
-def figure_panel(unroll, batches, palette):
-    """Figure 1 of the paper: per image, input | truth | (p-map t, context map t) for t in 0..2.
-
-    Args:
-      unroll: `greedy_unroll(model)`.
-      batches: eval batches of one image each, all of the same size.
-      palette: uint8 [Nc, 3].
-
-    Returns:
-      uint8 RGB image of `figure_size`: white background, one image per row (each tile
-      `FIGURE_ZOOM` times the image), column titles on top, uncertain context pixels white.
-    """
-    rows = []
-    for batch in batches:
-        image = preprocessing.denormalize_image(batch["image"])[0].numpy()
-        outputs = unroll(batch["image"])
-        tiles = [image, datasets.colorize(batch["label"][0].numpy(), palette)]
-        for t in FIGURE_STEPS:
-            tiles.append(datasets.colorize(outputs["labels"][t][0].numpy(), palette))
-            context = ops.resize_labels(outputs["context"][t][:1], image.shape[:2])[0].numpy()
-            tiles.append(datasets.colorize(context - 1, palette, uncertain=context == 0))
-        rows.append([np.kron(tile, np.ones((FIGURE_ZOOM, FIGURE_ZOOM, 1), np.uint8))
-                     for tile in tiles])
-    tile_h, tile_w = rows[0][0].shape[:2]
-    height, width = figure_size(tile_h // FIGURE_ZOOM, tile_w // FIGURE_ZOOM, len(rows))
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    titles = ["input", "truth"] + [f"{kind} t={t}" for t in FIGURE_STEPS
-                                   for kind in ("p-map", "context")]
-    for c, title in enumerate(titles):
-        cv2.putText(canvas, title, (c * (tile_w + FIGURE_GAP) + 2, FIGURE_HEADER - 5),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-    for r, tiles in enumerate(rows):
-        top = FIGURE_HEADER + r * (tile_h + FIGURE_GAP)
-        for c, tile in enumerate(tiles):
-            left = c * (tile_w + FIGURE_GAP)
-            canvas[top:top + tile_h, left:left + tile_w] = tile
-    return canvas
-
-
-def format_tables(results, runs):
-    """The Table-1, Table-4 (and with the sweeps, Table-2/3) style text of `results`."""
-    lines = ["", "Table 1 - CiSS-Net on the synthetic validation split (greedy policy)",
-             f"  {'t':>3}  {'mIoU':>6}  {'pixAcc':>6}"]
-    for t in TABLE_STEPS:
-        s = results["steps"][str(t)]
-        lines.append(f"  {t:>3}  {100 * s['miou']:6.2f}  {100 * s['pixel_accuracy']:6.2f}")
-    labels = {run.name: run.label for run in runs}
-    lines += ["", f"Table 4 - ablations, mIoU at t = {HEADLINE_STEP} (same steps and features)",
-              f"  {'method':<44} {'mIoU':>6}  {'kept':>5}"]
-    gates = results["gate"]
-    rows = [("baseline", "Baseline (CiSS-Net at t = 0)")]
-    rows += [(name, labels[name]) for name in ("no_context", "baseline_pmap", "gated", "ciss")
-             if name in results["ablations"]]
-    for name, label in rows:
-        kept = gates.get(name, {}).get("kept")
-        kept_text = f"{100 * kept:4.0f}%" if kept is not None else "    -"
-        lines.append(f"  {label:<44} {100 * results['ablations'][name]:6.2f}  {kept_text}")
-    ciss = gates["ciss"]
-    lines += [
-        "",
-        f"Gate at t = {GATE_STEP} (CiSS-Net): keeps {100 * ciss['kept']:.1f}% of the pixels; "
-        f"{100 * ciss['kept_where_right']:.1f}% of those its p-map gets right, "
-        f"{100 * ciss['kept_where_wrong']:.1f}% of those it gets wrong "
-        f"(p-map error {100 * ciss['pmap_error']:.1f}%).",
-        f"Context gain over the capacity-matched control: "
-        f"{100 * (results['ablations']['ciss'] - results['ablations']['no_context']):+.2f} mIoU; "
-        f"over Baseline + p-map: "
-        f"{100 * (results['ablations']['ciss'] - results['ablations']['baseline_pmap']):+.2f}.",
-    ]
-    for title, sweep in (("Table 2 - gamma", "gamma"), ("Table 3 - lambda2", "lambda2")):
-        if sweep in results.get("sweeps", {}):
-            lines += ["", f"{title}, mIoU at t = {HEADLINE_STEP}"]
-            lines += [f"  {value:>6}  {100 * miou:6.2f}"
-                      for value, miou in results["sweeps"][sweep].items()]
-    return "\n".join(lines)
-
-
-def run_demo(workdir, ablations="default", scale_name="default", seed=0, data_seed=0,
-             data_dir=None):
-    """Runs the whole demo (see the module docstring) and returns the results dict."""
     started = time.monotonic()
-    scale = SCALES[scale_name]
+    scale = SCALES[cfg.scale]
     info = datasets.get_dataset_info(DATASET)
-    data_dir = data_dir or os.path.join(workdir, "data")
-    generate_data(data_dir, scale, data_seed)
-    common = [f"--data_dir={data_dir}", f"--seed={seed}", *scale.overrides]
+    workdir = cfg.workdir
+    data_dir = cfg.data_dir or os.path.join(workdir, "data")
+    generate_data(data_dir, scale, cfg.data_seed)
+    common = [f"--data_dir={data_dir}", f"--seed={cfg.seed}", *scale.overrides]
     stage1_dir = os.path.join(workdir, "pspnet")
     stage1_flags = os.path.join(_EXPERIMENTS, "demo_pspnet.flags")
     stage2_flags = os.path.join(_EXPERIMENTS, "demo.flags")
-    train_run("pspnet", stage1_flags, stage1_dir, common)
-    runs = DEFAULT_RUNS + (EXTRA_RUNS if ablations == "all" else ())
+    train_run("pspnet", stage1_flags, stage1_dir, common, parse_train_config)
+    runs = DEFAULT_RUNS + (EXTRA_RUNS if cfg.ablations == "all" else ())
     stage2_steps = {
         run.name: train_run(run.name, stage2_flags, os.path.join(workdir, run.name),
-                            [*common, f"--init_checkpoint={stage1_dir}", *run.flags]).max_steps
+                            [*common, f"--init_checkpoint={stage1_dir}", *run.flags],
+                            parse_train_config).max_steps
         for run in runs
     }
 
@@ -429,30 +258,33 @@ def run_demo(workdir, ablations="default", scale_name="default", seed=0, data_se
     scores, gates = {}, {}
     for run in runs:
         model = load_run(os.path.join(workdir, run.name), info.num_classes, run.context_mode)
-        unroll = greedy_unroll(model)
-        scores[run.name], gates[run.name], step0_errors = evaluate_run(
+        unroll = greedy_eval.greedy_unroll(model)
+        scores[run.name], gates[run.name], step0_errors = greedy_eval.evaluate_run(
             unroll, val, info.num_classes
         )
-        write_eval_summaries(os.path.join(workdir, run.name), scores[run.name])
+        demo_report.write_eval_summaries(os.path.join(workdir, run.name), scores[run.name])
         log(f"{run.name}: mIoU " + "  ".join(
-            f"t={t} {100 * scores[run.name][str(t)]['miou']:.2f}" for t in TABLE_STEPS))
+            f"t={t} {100 * scores[run.name][str(t)]['miou']:.2f}"
+            for t in demo_report.TABLE_STEPS))
         if run.name == "ciss":
             ciss_model = model
             # The hardest images at t = 0, chosen before looking at what context does.
-            hardest = set(np.argsort(-np.asarray(step0_errors), kind="stable")[:FIGURE_IMAGES])
+            hardest = set(np.argsort(-np.asarray(step0_errors),
+                                     kind="stable")[:demo_report.FIGURE_IMAGES])
             batches = [b for i, b in enumerate(val.unbatch().batch(1)) if i in hardest]
             figure_path = os.path.join(workdir, "figure.png")
-            cv2.imwrite(figure_path, figure_panel(unroll, batches, info.palette)[..., ::-1])
+            panel = demo_report.figure_panel(unroll, batches, info.palette)
+            cv2.imwrite(figure_path, panel[..., ::-1])
 
     log("exporting CiSS-Net as a SavedModel and scoring it through its serving signature")
     served = serve_run(ciss_model, os.path.join(workdir, "export"),
                        stage2_steps["ciss"],
                        input_pipeline.split_file_pattern(data_dir, info.eval_split), info)
     ciss = scores["ciss"]
-    headline = str(HEADLINE_STEP)
+    headline = str(demo_report.HEADLINE_STEP)
     results = {
         "steps": {str(t): {k: ciss[str(t)][k] for k in ("miou", "pixel_accuracy")}
-                  for t in TABLE_STEPS},
+                  for t in demo_report.TABLE_STEPS},
         "ablations": {"baseline": ciss["0"]["miou"],
                       **{run.name: scores[run.name][headline]["miou"] for run in runs}},
         "kept_fraction": gates["ciss"]["kept"],
@@ -460,11 +292,11 @@ def run_demo(workdir, ablations="default", scale_name="default", seed=0, data_se
         "runs": scores,
         "figure": figure_path,
         "served": served,
-        "settings": {"scale": scale_name, "seed": seed, "data_seed": data_seed,
+        "settings": {"scale": cfg.scale, "seed": cfg.seed, "data_seed": cfg.data_seed,
                      "image_size": scale.image_size, "num_train": scale.num_train,
                      "num_val": scale.num_val, "class_names": list(info.class_names)},
     }
-    if ablations == "all":
+    if cfg.ablations == "all":
         results["sweeps"] = {
             "gamma": {v: scores[name][headline]["miou"] for v, name in GAMMA_SWEEP.items()},
             "lambda2": {v: scores[name][headline]["miou"] for v, name in LAMBDA2_SWEEP.items()},
@@ -473,9 +305,9 @@ def run_demo(workdir, ablations="default", scale_name="default", seed=0, data_se
     path = os.path.join(workdir, "results.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=1, allow_nan=True)
-    print(format_tables(results, runs))
-    print(f"\nExported CiSS-Net (T = {HEADLINE_STEP}): {served['export']}, scored through "
-          f"serving_bytes: mIoU {100 * served['miou']:.2f}")
+    print(demo_report.format_tables(results, runs))
+    print(f"\nExported CiSS-Net (T = {demo_report.HEADLINE_STEP}): {served['export']}, scored "
+          f"through serving_bytes: mIoU {100 * served['miou']:.2f}")
     print(f"\nResults: {path}\nFigure: {figure_path}\nTensorBoard: tensorboard --logdir={workdir}"
           f"\nTotal: {results['seconds']:.0f} s")
     return results
@@ -490,7 +322,8 @@ def serve_run(model, export_dir, version, file_pattern, info):
     """
     target = os.path.join(export_dir, str(version))
     if not os.path.isdir(target):
-        exporter.export_saved_model(model, export_dir, version, num_steps=HEADLINE_STEP)
+        exporter.export_saved_model(model, export_dir, version,
+                                    num_steps=demo_report.HEADLINE_STEP)
     scores = exporter.score_export(target, file_pattern, info.num_classes, info.ignore_label)
     return {"export": target, "miou": scores["miou"],
             "pixel_accuracy": scores["pixel_accuracy"]}
