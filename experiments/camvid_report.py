@@ -3,29 +3,9 @@ r"""The CamVid results of issue 19: JSON, tables, targets, gates, served model, 
     python experiments/camvid_report.py --runs=runs/camvid --data_dir=runs/camvid/data \
         [--seeds=0,1,2] [--results_json=experiments/camvid_results.json]
 
-Run by `experiments/camvid.sh` after training, evaluation and export. Reads, in `--runs`,
-`pspnet/eval.json` and, for every stage-2 run of `RUNS` and seed (`STUDIES`: the first
-seed), the folder `<run>_s<seed>/` (`<run>` = its flagfile's name): `eval.json`
-(`ciss_tf.evaluate` at t = 0..6), `train_summary.json` (the trainer's wall time) and
-`model_config.json` (the model as it was trained: every model here is built from it, never
-from flags, so a run's preset, norms, context mode or keep rate cannot be mistaken). It
-measures the gate of the gated runs on the val split at the training scale (the share of
-pixels kept as context at t = 1, overall and where the p-map is right / wrong, on the
-stride-8 grid, as the demo does) and scores the exported SavedModel
-`<runs>/export/<version>/` on the val PNGs through its `serving_bytes` signature. It writes:
-
-- `--results_json`: the numbers in the shape `../shared/CONTRACT.md` gives (mIoU as
-  fractions; one entry per seed in the order of `seeds`, `null` for a seed a run does not
-  have: the gated run has the first seed only);
-- `<runs>/report.md`: RESULTS.md-ready tables: the issue's targets met / missed, mean ± std
-  over seeds, every step t = 0..6, gate statistics, per-class IoU, wall times, the served
-  score;
-- `<runs>/figure.png` (and `--figure`): input, truth, p-map and context map at t = 0, 1, 2
-  of the first seed's CiSS-Net (uncertain white);
-- `--results_md` (`experiments/RESULTS.md`): a header saying how to rerun it, the tables of
-  report.md, the figure and the hand-written `--notes`.
-
-Means and stds are over seeds, the std the sample one (n - 1); differences are of means.
+Run by `experiments/camvid.sh` after training, evaluation and export; every model is built
+from its run's `model_config.json`, never from flags. What it reads and writes:
+docs/camvid_log.md ("How the report is made").
 """
 
 import dataclasses
