@@ -29,7 +29,7 @@ from absl import flags, logging
 
 from ciss_tf.data import datasets, preprocessing
 from ciss_tf.modeling import checkpoints, inference
-from ciss_tf.tools import command_flags
+from ciss_tf.tools import cli, command_flags
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 FLAGS = flags.FLAGS
@@ -154,7 +154,7 @@ def predict_from_flags():
     for name in ("checkpoint", "input", "output_dir"):
         if not FLAGS[name].value:
             raise ValueError(f"--{name} is required")
-    command_flags.check_local_output(FLAGS.output_dir, "--output_dir")
+    cli.check_local_output(FLAGS.output_dir, "--output_dir")
     if FLAGS.unroll_steps < 0:
         raise ValueError(f"--num_steps must be >= 0, got {FLAGS.unroll_steps}")
     if not 0.0 <= FLAGS.overlay_alpha <= 1.0:

@@ -29,7 +29,7 @@ from ciss_tf.data import datasets, input_pipeline, tfrecord
 from ciss_tf.evaluation import cityscapes, segmenter
 from ciss_tf.modeling import checkpoints
 from ciss_tf.modeling.config import ModelConfig
-from ciss_tf.tools import command_flags
+from ciss_tf.tools import cli
 
 DEFAULT_EVAL_STEPS = (0, 2, 4, 6)
 
@@ -251,8 +251,8 @@ def run_evaluation(cfg):
         (the message names the flag or file).
     """
     steps = cfg.eval_steps
-    command_flags.check_local_output(cfg.output_json, "--output_json")
-    command_flags.check_local_output(cfg.cityscapes_results_dir, "--cityscapes_results_dir")
+    cli.check_local_output(cfg.output_json, "--output_json")
+    cli.check_local_output(cfg.cityscapes_results_dir, "--cityscapes_results_dir")
     info = datasets.get_dataset_info(cfg.dataset)
     results_dir, gt_dir = cfg.cityscapes_results_dir, cfg.cityscapes_gt_dir
     if (results_dir or gt_dir) and info.name != "cityscapes":

@@ -19,7 +19,7 @@ from ciss_tf import metrics
 from ciss_tf.data import datasets, preprocessing, tfrecord
 from ciss_tf.modeling import inference
 from ciss_tf.serving import fast_inference
-from ciss_tf.tools import command_flags
+from ciss_tf.tools import cli
 
 DEFAULT_MAX_IMAGE_SIZE = 2048
 
@@ -209,7 +209,7 @@ def check_settings(export_dir, version, num_steps, max_image_size):
         raise ValueError(f"--num_steps must be >= 0, got {num_steps}")
     if max_image_size < 1:
         raise ValueError(f"--max_image_size must be positive, got {max_image_size}")
-    command_flags.check_local_output(export_dir, "--export_dir")
+    cli.check_local_output(export_dir, "--export_dir")
     target = os.path.join(export_dir, str(version))
     if os.path.exists(target):
         raise ValueError(f"{target} exists already; versions are never overwritten (--version)")

@@ -1,8 +1,9 @@
 """What every command does at its edge: a quiet TensorFlow start-up and a useful `--help`.
 
 `quiet_tensorflow_startup` runs when the package is imported (`ciss_tf/__init__.py`), before
-any module imports TensorFlow. `list_flags_in_help` is called by each command's entry point.
-Importing this module imports neither TensorFlow nor absl.
+any module imports TensorFlow. `list_flags_in_help` is called by each command's entry point;
+`check_local_output` by the library functions that write a tool's output. Importing this
+module imports neither TensorFlow nor absl, so any module may import it.
 """
 
 import os
@@ -61,3 +62,18 @@ def list_flags_in_help(*modules):
     for module in modules:
         for flag in flag_values.get_key_flags_for_module(module):
             flag_values.register_key_flag_for_module(sys.argv[0], flag)
+
+
+def check_local_output(path, flag):
+    """Raises ValueError naming `flag` when the output `path` is a URL (gs://, s3://, ...).
+
+    The tools commit what they write with a local rename (TF Serving never sees half a
+    version; a report is whole or absent). Object stores have no atomic rename, and Python's
+    `os` functions would take `gs://bucket/x` for a local folder named `gs:`: a run would
+    seem to succeed and leave its output next to the working directory.
+    """
+    if path and "://" in path:
+        raise ValueError(
+            f"{flag}={path}: outputs are written to local paths only (committed by a local "
+            "rename); write locally, then copy (e.g. gsutil -m cp -r)"
+        )

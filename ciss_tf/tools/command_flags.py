@@ -142,18 +142,3 @@ def run_tool(define_flags, body):
     define_flags()
     cli.list_flags_in_help(define_flags.__module__, __name__)
     app.run(main, flags_parser=parse_flags)
-
-
-def check_local_output(path, flag):
-    """Raises ValueError naming `flag` when the output `path` is a URL (gs://, s3://, ...).
-
-    The tools commit what they write with a local rename (TF Serving never sees half a
-    version; a report is whole or absent). Object stores have no atomic rename, and Python's
-    `os` functions would take `gs://bucket/x` for a local folder named `gs:`: a run would
-    seem to succeed and leave its output next to the working directory.
-    """
-    if path and "://" in path:
-        raise ValueError(
-            f"{flag}={path}: outputs are written to local paths only (committed by a local "
-            "rename); write locally, then copy (e.g. gsutil -m cp -r)"
-        )
