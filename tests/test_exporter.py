@@ -7,6 +7,7 @@ TensorFlow objects, only TensorFlow's own ops and none that calls back into Pyth
 """
 
 import os
+import pathlib
 
 import cv2
 import numpy as np
@@ -47,7 +48,7 @@ def exported(varied_net, tmp_path_factory):
     export_dir = tmp_path_factory.mktemp("export") / "serving"
     target = exporter.export_saved_model(varied_net, str(export_dir), 7, probabilities=True)
     proto = saved_model_pb2.SavedModel()
-    proto.ParseFromString(open(os.path.join(target, "saved_model.pb"), "rb").read())
+    proto.ParseFromString(pathlib.Path(target, "saved_model.pb").read_bytes())
     rng = np.random.default_rng(0)
     inputs = {"a": rng.integers(0, 256, (2, 37, 53, 3), dtype=np.uint8),
               "b": rng.integers(0, 256, (1, 64, 48, 3), dtype=np.uint8)}

@@ -201,11 +201,11 @@ def test_fast_unroll_equals_plain_model_at_every_step(tiny, context_mode, winogr
         assert all(conv.winograd for convs in net.trunk_convs for conv in convs)
     fast = tf.function(net, autograph=False)
     images = _images()
-    plain = model(images, training=False, num_steps=3, cache_features=False)
-    got = fast(images, num_steps=3)
+    plain = model(images, training=False, num_steps=2, cache_features=False)
+    got = fast(images, num_steps=2)
     assert got["logits"].shape == plain["logits"].shape
     tolerance = dict(rtol=1e-3, atol=1e-3) if winograd else TOLERANCE
-    for t in range(4):
+    for t in range(3):
         np.testing.assert_allclose(got["logits"][t], plain["logits"][t], **tolerance)
     np.testing.assert_array_equal(got["context"], plain["context"])
     kept = float(tf.reduce_mean(tf.cast(plain["context"] > 0, tf.float32)))

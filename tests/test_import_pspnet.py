@@ -17,10 +17,12 @@ def test_writes_a_checkpoint_that_stage_2_and_evaluation_accept(tmp_path, capsys
     good = tmp_path / "pspnet_tiny.caffemodel"
     good.write_bytes(caffemodel_bytes(weights))
     output = tmp_path / "imported" / "ckpt"
-    import_pspnet.import_checkpoint(config.ModelConfig(stage="pspnet", preset="tiny"),
-                                    "synthetic", str(good), str(output))
+    report = import_pspnet.import_checkpoint(
+        config.ModelConfig(stage="pspnet", preset="tiny"), "synthetic", str(good), str(output)
+    )
 
     lines = capsys.readouterr().out.splitlines()
+    assert lines[:-1] == report.lines()  # the whole mapping report is printed
     assert "mapped   conv1_1_3x3_s2/weights (3, 3, 3, 8) -> " \
         "feature_net/backbone/conv1_1_3x3/conv/kernel" in lines
     assert "kept     aux_head/classifier/bias (no counterpart in the official models: " \
