@@ -51,26 +51,49 @@ def define_flags():
     )
 
 
+def export_checkpoint(model_config, dataset, checkpoint, export_dir, *, version=None,
+                      num_steps=2, max_image_size=exporter.DEFAULT_MAX_IMAGE_SIZE, fast=True,
+                      input_scale=1.0, probabilities=False):
+    """The tool without its flags: exports a checkpoint, prints and returns the version folder.
+
+    Args:
+      model_config: the `config.ModelConfig` the checkpoint was trained with.
+      dataset: dataset name (its number of classes).
+      checkpoint: checkpoint prefix, or a folder (its latest).
+      export_dir: base folder of the versioned SavedModels.
+      version: version folder (None: the checkpoint's step, else the Unix time).
+      num_steps, max_image_size, fast, input_scale, probabilities: see
+        `exporter.export_saved_model`.
+
+    Raises:
+      ValueError: a missing checkpoint, an existing version or a bad setting (naming it).
+    """
+    info = datasets.get_dataset_info(dataset)
+    path = checkpoints.resolve(checkpoint)
+    if version is None:
+        version = checkpoints.step_of(path) or int(time.time())
+    exporter.check_settings(export_dir, version, num_steps, max_image_size)
+    model, _ = checkpoints.load_model(model_config, info.num_classes, path)
+    target = exporter.export_saved_model(
+        model, export_dir, version, num_steps=num_steps, max_image_size=max_image_size,
+        fast=fast, input_scale=input_scale, probabilities=probabilities,
+    )
+    logging.info("Exported %s (T = %d) to %s", path, num_steps, target)
+    print(target)
+    return target
+
+
 def export_from_flags():
     """Exports the checkpoint the flags name; returns the version folder."""
     for name in ("checkpoint", "export_dir"):
         if not FLAGS[name].value:
             raise ValueError(f"--{name} is required")
-    info = datasets.get_dataset_info(FLAGS.dataset)
-    path = checkpoints.resolve(FLAGS.checkpoint)
-    version = FLAGS.version
-    if version is None:
-        version = checkpoints.step_of(path) or int(time.time())
-    exporter.check_settings(FLAGS.export_dir, version, FLAGS.unroll_steps, FLAGS.max_image_size)
-    model, _ = checkpoints.load_model(command_flags.model_config("ciss"), info.num_classes, path)
-    target = exporter.export_saved_model(
-        model, FLAGS.export_dir, version, num_steps=FLAGS.unroll_steps,
+    return export_checkpoint(
+        command_flags.model_config("ciss"), FLAGS.dataset, FLAGS.checkpoint, FLAGS.export_dir,
+        version=FLAGS.version, num_steps=FLAGS.unroll_steps,
         max_image_size=FLAGS.max_image_size, fast=FLAGS.fast, input_scale=FLAGS.input_scale,
         probabilities=FLAGS.probabilities,
     )
-    logging.info("Exported %s (T = %d) to %s", path, FLAGS.unroll_steps, target)
-    print(target)
-    return target
 
 
 def run():

@@ -149,37 +149,59 @@ def _write_png(path, rgb):
         f.write(encoded.tobytes())
 
 
+def write_predictions(model_config, dataset, checkpoint, input_path, output_dir, *,
+                      num_steps=2, input_scale=1.0, overlay_alpha=0.5):
+    """The tool without its flags: writes the PNGs of every input; returns their paths.
+
+    Args:
+      model_config: the `config.ModelConfig` the checkpoint was trained with.
+      dataset: dataset name (its classes and palette).
+      checkpoint: checkpoint prefix, or a folder (its latest).
+      input_path: an image file or a folder of images (`list_images`).
+      output_dir: folder of the output PNGs (created if missing).
+      num_steps: T.
+      input_scale: the network sees each image resized by this factor.
+      overlay_alpha: weight of the prediction in the overlay.
+
+    Raises:
+      ValueError: a bad setting, input or checkpoint (naming it); nothing is written then.
+    """
+    cli.check_local_output(output_dir, "--output_dir")
+    if num_steps < 0:
+        raise ValueError(f"--num_steps must be >= 0, got {num_steps}")
+    if not 0.0 <= overlay_alpha <= 1.0:
+        raise ValueError(f"--overlay_alpha must lie in [0, 1], got {overlay_alpha}")
+    info = datasets.get_dataset_info(dataset)
+    files = list_images(input_path)
+    for file in files:
+        read_image(file)
+    model, checkpoint = checkpoints.load_model(model_config, info.num_classes, checkpoint)
+    logging.info("Predicting %d image(s) with %s", len(files), checkpoint)
+    predict = make_predictor(model, num_steps, input_scale)
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    for file in files:
+        image = read_image(file)
+        labels, context = (t.numpy() for t in predict(tf.constant(image)))
+        outputs = render(image, labels, context, info.palette, overlay_alpha)
+        for suffix, rgb in outputs.items():
+            path = os.path.join(output_dir, f"{_stem(file)}_{suffix}.png")
+            _write_png(path, rgb)
+            written.append(path)
+        logging.info("%s -> %s_*.png", file, os.path.join(output_dir, _stem(file)))
+    return written
+
+
 def predict_from_flags():
     """Runs the prediction the flags describe; returns the paths written."""
     for name in ("checkpoint", "input", "output_dir"):
         if not FLAGS[name].value:
             raise ValueError(f"--{name} is required")
-    cli.check_local_output(FLAGS.output_dir, "--output_dir")
-    if FLAGS.unroll_steps < 0:
-        raise ValueError(f"--num_steps must be >= 0, got {FLAGS.unroll_steps}")
-    if not 0.0 <= FLAGS.overlay_alpha <= 1.0:
-        raise ValueError(f"--overlay_alpha must lie in [0, 1], got {FLAGS.overlay_alpha}")
-    info = datasets.get_dataset_info(FLAGS.dataset)
-    files = list_images(FLAGS.input)
-    for file in files:
-        read_image(file)
-    model, checkpoint = checkpoints.load_model(
-        command_flags.model_config("ciss"), info.num_classes, FLAGS.checkpoint
+    return write_predictions(
+        command_flags.model_config("ciss"), FLAGS.dataset, FLAGS.checkpoint, FLAGS.input,
+        FLAGS.output_dir, num_steps=FLAGS.unroll_steps, input_scale=FLAGS.input_scale,
+        overlay_alpha=FLAGS.overlay_alpha,
     )
-    logging.info("Predicting %d image(s) with %s", len(files), checkpoint)
-    predict = make_predictor(model, FLAGS.unroll_steps, FLAGS.input_scale)
-    os.makedirs(FLAGS.output_dir, exist_ok=True)
-    written = []
-    for file in files:
-        image = read_image(file)
-        labels, context = (t.numpy() for t in predict(tf.constant(image)))
-        outputs = render(image, labels, context, info.palette, FLAGS.overlay_alpha)
-        for suffix, rgb in outputs.items():
-            path = os.path.join(FLAGS.output_dir, f"{_stem(file)}_{suffix}.png")
-            _write_png(path, rgb)
-            written.append(path)
-        logging.info("%s -> %s_*.png", file, os.path.join(FLAGS.output_dir, _stem(file)))
-    return written
 
 
 def run():

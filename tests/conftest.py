@@ -78,3 +78,24 @@ def synthetic_records(tmp_path_factory):
         label_map=datasets.get_dataset_info("synthetic").label_map, output_dir=str(out),
     )
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def varied_net():
+    """`varied_tiny_net` of the synthetic dataset's classes, built once per worker.
+
+    Shared by the evaluation, segmentation, prediction and serving tests: none may change
+    its variables.
+    """
+    from ciss_tf.data import synthetic  # noqa: PLC0415  (after the environment above)
+
+    return varied_tiny_net(synthetic.NUM_CLASSES)
+
+
+@pytest.fixture(scope="session")
+def varied_checkpoint(varied_net, tmp_path_factory):
+    """Checkpoint prefix `.../ckpt-7` of `varied_net` (read-only: write outputs elsewhere)."""
+    from ciss_tf.modeling import checkpoints  # noqa: PLC0415
+
+    folder = tmp_path_factory.mktemp("varied_checkpoint")
+    return checkpoints.save_model(varied_net, str(folder / "ckpt-7"))

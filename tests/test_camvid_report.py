@@ -5,18 +5,18 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ENV, ROOT
 
+from ciss_tf import train
 from ciss_tf.data import datasets
 from ciss_tf.modeling import checkpoints, config
 from ciss_tf.tools import demo
+from ciss_tf.training import trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 _SPEC = importlib.util.spec_from_file_location(
     "camvid_report", ROOT / "experiments" / "camvid_report.py"
 )
@@ -144,29 +144,16 @@ def test_wall_time_table_reads_the_train_summaries(tmp_path):
     assert "| CiSS-Net | 0 | - | - |" in lines
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic")
-    subprocess.run(
-        [sys.executable, "-m", "data_prep.build_tfrecords", "--dataset=synthetic",
-         f"--output_dir={out}", "--synthetic_num_train=4", "--synthetic_num_val=1",
-         "--synthetic_height=48", "--synthetic_width=48"],
-        cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600,
-    )
-    return str(out)
-
-
-def test_loader_builds_the_run_as_trained(data_dir, tmp_path):
+def test_loader_builds_the_run_as_trained(synthetic_records, tmp_path):
     # The CamVid flagfiles train the Context Net's branches with batch norm; the old loader
     # built GroupNorm ones and failed ("lacks 8 variables").
     model_dir = tmp_path / "run"
-    subprocess.run(
-        [sys.executable, "-m", "ciss_tf.train", "--stage=ciss", "--preset=tiny",
-         "--dataset=synthetic", "--crop_size=48,48", "--batch_size=2", "--unroll_steps=1",
-         "--context_encoder_norm=batch", "--dropout=0.2", "--max_steps=1",
-         "--image_summary_every=0", f"--data_dir={data_dir}", f"--model_dir={model_dir}"],
-        cwd=ROOT, env=ENV, check=True, capture_output=True, timeout=600,
-    )
+    trainer.train(train.parse_config([
+        "--stage=ciss", "--preset=tiny", "--dataset=synthetic", "--crop_size=48,48",
+        "--batch_size=2", "--unroll_steps=1", "--context_encoder_norm=batch", "--dropout=0.2",
+        "--max_steps=1", "--image_summary_every=0", f"--data_dir={synthetic_records}",
+        f"--model_dir={model_dir}",
+    ]))
     with pytest.raises(ValueError, match="lacks"):
         demo.load_run(str(model_dir), 8, "learned")
     loaded = report.load_run(str(model_dir))

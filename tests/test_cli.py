@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT
+
 BIN = Path(sys.executable).parent
 
 # Flags each command must list in its --help: its own and the shared ones it reads.

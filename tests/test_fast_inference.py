@@ -6,6 +6,8 @@ F(4x4, 3x3) rounds more (its transforms multiply by up to 8 and divide by 24): o
 within 2e-5 of the largest output, the whole unroll within 1e-3 (observed ~1e-5).
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -53,6 +55,12 @@ def _tiny(context_mode="learned", context_encoder_norm="group"):
         # Random weights keep almost nothing; centre the policy so both actions occur.
         model.context_net.policy_head.bias.assign([0.0, 0.3])
     return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """`_tiny(context_mode, norm)`, built once per module (the rewrites only read it)."""
+    return functools.cache(_tiny)
 
 
 def _images(batch=2, height=67, width=75, seed=0):
@@ -118,8 +126,8 @@ def test_pyramid_pool_hand_values_and_equals_ceil_avg_pool_at_any_size():
             np.testing.assert_allclose(got, ppm.ceil_avg_pool(y, bins), rtol=1e-5, atol=1e-5)
 
 
-def test_folded_feature_net_equals_feature_net():
-    model = _tiny()
+def test_folded_feature_net_equals_feature_net(tiny):
+    model = tiny("learned", "group")
     fast = FastCissNet(model)
     images = _images()
     _, x = model.feature_net(images, training=False)
@@ -131,8 +139,8 @@ def test_folded_feature_net_equals_feature_net():
     np.testing.assert_allclose(tf.concat(upsampled, -1), x[..., res5_channels:], **TOLERANCE)
 
 
-def test_fused_x_conv_equals_the_three_plain_x_convs():
-    model = _tiny()
+def test_fused_x_conv_equals_the_three_plain_x_convs(tiny):
+    model = tiny("learned", "group")
     fast = FastCissNet(model)
     images = _images()
     x = model.features(images)
@@ -184,8 +192,8 @@ def test_winograd_kernel_hand_value_and_static_shape_check():
                                    ("pmap", False, "group"), ("none", False, "group"),
                                    ("random", False, "group"), ("learned", True, "group")],
 )
-def test_fast_unroll_equals_plain_model_at_every_step(context_mode, winograd, norm):
-    model = _tiny(context_mode, norm)
+def test_fast_unroll_equals_plain_model_at_every_step(tiny, context_mode, winograd, norm):
+    model = tiny(context_mode, norm)
     # Every tiny conv is narrow: admit them all, so that each Winograd site is exercised.
     net = FastCissNet(model, winograd=winograd, winograd_min_channels=1)
     if winograd:
@@ -193,11 +201,11 @@ def test_fast_unroll_equals_plain_model_at_every_step(context_mode, winograd, no
         assert all(conv.winograd for convs in net.trunk_convs for conv in convs)
     fast = tf.function(net, autograph=False)
     images = _images()
-    plain = model(images, training=False, num_steps=3, cache_features=False)
-    got = fast(images, num_steps=3)
+    plain = model(images, training=False, num_steps=2, cache_features=False)
+    got = fast(images, num_steps=2)
     assert got["logits"].shape == plain["logits"].shape
     tolerance = dict(rtol=1e-3, atol=1e-3) if winograd else TOLERANCE
-    for t in range(4):
+    for t in range(3):
         np.testing.assert_allclose(got["logits"][t], plain["logits"][t], **tolerance)
     np.testing.assert_array_equal(got["context"], plain["context"])
     kept = float(tf.reduce_mean(tf.cast(plain["context"] > 0, tf.float32)))
@@ -211,20 +219,20 @@ def _labels_at_t2(net, images):
     return inference.segment(net, images, 2, label_steps=[2], context_steps=())["labels"][0]
 
 
-def test_fast_net_takes_any_size_and_survives_a_saved_model_round_trip(tmp_path):
-    model = _tiny()
+def test_fast_net_takes_any_size(tiny):
+    # Traced once for any size, as served. Its SavedModel round trip: test_exporter.py (the
+    # export serves the fast net by default).
+    model = tiny("learned", "group")
     fast = FastCissNet(model)
-    fast.serve = tf.function(
+    serve = tf.function(
         lambda images: _labels_at_t2(fast, images),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)],
         autograph=False,
     )
-    tf.saved_model.save(fast, str(tmp_path))
-    loaded = tf.saved_model.load(str(tmp_path))
     for height, width in ((49, 61), (64, 64)):
         images = _images(1, height, width, seed=height)
         expected = _labels_at_t2(model, images)
-        labels = loaded.serve(images)
+        labels = serve(images)
         assert labels.shape == (1, height, width)
         # Labels may differ only where two classes' logits tie within float rounding.
         assert float(tf.reduce_mean(tf.cast(labels == expected, tf.float32))) > 0.999

@@ -24,6 +24,32 @@ def _images(batch=2, size=64, seed=0):
     return tf.random.stateless_normal([batch, size, size, 3], seed=[seed, 1])
 
 
+@pytest.fixture(scope="module")
+def _built_nets():
+    """Mode -> (a built `_tiny(mode)`, its initial variable values)."""
+    return {}
+
+
+@pytest.fixture
+def tiny(_built_nets):
+    """`tiny(mode)`: a built `_tiny(mode)` as first built, shared by the module's tests.
+
+    Building one costs seconds (Keras traces the first call); a test may change its
+    variables, which the next test's `tiny` call puts back.
+    """
+    def get(context_mode="learned"):
+        if context_mode not in _built_nets:
+            net = _tiny(context_mode)
+            net(_images(1, 33), num_steps=1)
+            _built_nets[context_mode] = net, [v.numpy() for v in net.variables]
+        net, values = _built_nets[context_mode]
+        for variable, value in zip(net.variables, values, strict=True):
+            variable.assign(value)
+        return net
+
+    return get
+
+
 def test_ceil_avg_pool_matches_pspnet_pooling_and_dynamic_shapes():
     x = tf.random.stateless_normal([2, 60, 60, 3], seed=[1, 2])
     for bins in (1, 2, 3, 6):
@@ -115,8 +141,8 @@ def test_paper_preset_shapes_and_parameter_counts():
     assert outputs["aux_logits"].shape == (1, 5, 5, 19)
 
 
-def test_group_norm_has_16_channels_per_group():
-    net = _tiny()
+def test_group_norm_has_16_channels_per_group(tiny):
+    net = tiny()
     net(_images(1), num_steps=1)
     group_norms = [
         layer for layer in net._flatten_layers()
@@ -128,8 +154,8 @@ def test_group_norm_has_16_channels_per_group():
         assert channels // layer.groups == 16, layer.name
 
 
-def test_step_zero_is_the_base_net_alone_and_base_logits_are_reused():
-    net = _tiny()
+def test_step_zero_is_the_base_net_alone_and_base_logits_are_reused(tiny):
+    net = tiny()
     images = _images()
     out = net(images, num_steps=2)
     expected = net.base_net(net.features(images))
@@ -146,8 +172,8 @@ def test_step_zero_is_the_base_net_alone_and_base_logits_are_reused():
     np.testing.assert_allclose(changed["logits"][2], changed["logits"][0] + bias, atol=1e-4)
 
 
-def test_context_map_is_action_times_prediction_plus_one():
-    net = _tiny()
+def test_context_map_is_action_times_prediction_plus_one(tiny):
+    net = tiny()
     out = net(_images(), num_steps=2)
     prediction = np.argmax(out["logits"][:-1], axis=-1)
     np.testing.assert_array_equal(out["context"], np.asarray(out["actions"]) * (prediction + 1))
@@ -164,8 +190,8 @@ def test_context_map_is_action_times_prediction_plus_one():
 
 
 @pytest.mark.parametrize("mode", ["pmap", "none"])
-def test_ablation_modes(mode):
-    net = _tiny(mode)
+def test_ablation_modes(tiny, mode):
+    net = tiny(mode)
     assert net.context_net is None
     out = net(_images(), num_steps=2)
     prediction = np.argmax(out["logits"][:-1], axis=-1)
@@ -187,8 +213,8 @@ def test_sampled_actions_follow_the_policy_and_are_keyed_by_sample_id():
     assert (sample_actions(keep, 1, ids, seed=7).numpy() != first).mean() > 0.2
 
 
-def test_training_samples_and_evaluation_is_greedy():
-    net = _tiny()
+def test_training_samples_and_evaluation_is_greedy(tiny):
+    net = tiny()
     # Make pi(keep) = 0.7 everywhere: zero policy kernel, bias log-odds.
     head = net.context_net.policy_head
     images = _images()
@@ -202,8 +228,8 @@ def test_training_samples_and_evaluation_is_greedy():
     assert greedy.min() == 1
 
 
-def test_cached_feature_half_equals_plain_concat_at_every_step():
-    net = _tiny()
+def test_cached_feature_half_equals_plain_concat_at_every_step(tiny):
+    net = tiny()
     images = _images()
     cached = net(images, num_steps=4, cache_features=True)
     plain = net(images, num_steps=4, cache_features=False)

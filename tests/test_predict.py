@@ -1,25 +1,18 @@
-"""Prediction: the rendered images by hand, and the CLI's files against the model run here."""
-
-import subprocess
-import sys
+"""ciss_tf.predict: the rendered images by hand, the files written against the model run here
+and the one `error:` line on bad input."""
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
-from conftest import cli_error_line, varied_tiny_net
+from conftest import cli_error_line, run_cli
 
 from ciss_tf import predict
 from ciss_tf.data import preprocessing, synthetic
-from ciss_tf.modeling import checkpoints
-from ciss_tf.tools import command_flags
+from ciss_tf.modeling import config
 
 WHITE = [255, 255, 255]
-
-
-def _net():
-    return varied_tiny_net(synthetic.NUM_CLASSES)
+TINY = config.ModelConfig(preset="tiny")
 
 
 def test_render_paints_classes_uncertain_pixels_white_and_lays_out_the_comparison():
@@ -44,63 +37,41 @@ def test_render_paints_classes_uncertain_pixels_white_and_lays_out_the_compariso
     assert single["compare"].shape == (2, 6, 3)
 
 
-def _start(args, cwd=None):
-    return subprocess.Popen(
-        [sys.executable, "-m", "ciss_tf.predict", *args], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, cwd=cwd,
-    )
-
-
-def _finish(process):
-    stdout, stderr = process.communicate(timeout=600)
-    return process.returncode, stdout, stderr
-
-
 def _read_rgb(path):
     return cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1]
 
 
-def test_cli_writes_predictions_context_maps_overlay_and_comparison(tmp_path):
-    net = _net()
-    prefix = checkpoints.save_model(net, str(tmp_path / "ckpt-1"))
-    flagfile = tmp_path / "experiment.flags"
-    flagfile.write_text("--preset=tiny\n--dataset=synthetic\n")
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A folder holding an RGBA PNG, a JPEG and a text file."""
+    folder = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(0)
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    rgba = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
-    cv2.imwrite(str(inputs / "a.png"), rgba)  # alpha is dropped
-    cv2.imwrite(str(inputs / "b.jpg"), rng.integers(0, 256, (30, 20, 3), dtype=np.uint8))
-    (inputs / "notes.txt").write_text("not an image")
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    common = [f"--flagfile={flagfile}", f"--checkpoint={prefix}"]
+    cv2.imwrite(str(folder / "a.png"), rng.integers(0, 256, (37, 53, 4), dtype=np.uint8))
+    cv2.imwrite(str(folder / "b.jpg"), rng.integers(0, 256, (30, 20, 3), dtype=np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_writes_predictions_context_maps_overlay_and_comparison(varied_net, varied_checkpoint,
+                                                                inputs, tmp_path):
     out = tmp_path / "out"
-    runs = [
-        _start([*common, f"--input={inputs}", f"--output_dir={out}", "--num_steps=2"]),
-        _start([*common, f"--input={tmp_path / 'missing.png'}", f"--output_dir={out}-2"]),
-        _start([*common, f"--input={broken}", f"--output_dir={out}-3"]),
-        _start([*common, f"--input={inputs}", "--output_dir=gs://no-such-bucket/out"],
-               cwd=tmp_path),
-    ]
+    predict.write_predictions(TINY, "synthetic", varied_checkpoint, str(inputs), str(out),
+                              num_steps=2)
     images = {
-        "a": _read_rgb(inputs / "a.png"),
+        "a": _read_rgb(inputs / "a.png"),  # alpha is dropped
         "b": tf.io.decode_jpeg((inputs / "b.jpg").read_bytes(), channels=3).numpy(),
     }
     expected = {}
     for stem, image in images.items():
         size = image.shape[:2]
-        outputs = net(preprocessing.normalize_image(image)[tf.newaxis], num_steps=2)
+        outputs = varied_net(preprocessing.normalize_image(image)[tf.newaxis], num_steps=2)
         logits = tf.compat.v1.image.resize_bilinear(outputs["logits"][:, 0], size,
                                                     align_corners=True)
         context = tf.compat.v1.image.resize_nearest_neighbor(
             outputs["context"][:, 0, ..., tf.newaxis], size, align_corners=True
         )[..., 0]
         expected[stem] = (np.argmax(logits, -1), context.numpy())
-    ok, missing, bad, remote = (_finish(run) for run in runs)
 
-    assert ok[0] == 0, ok[2]
     suffixes = ["pred_t0", "pred_t1", "pred_t2", "context_t1", "context_t2", "overlay_t2",
                 "compare"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -128,12 +99,32 @@ def test_cli_writes_predictions_context_maps_overlay_and_comparison(tmp_path):
         np.testing.assert_array_equal(compare[:, 2 * width : 3 * width],
                                       _read_rgb(out / f"{stem}_context_t2.png"))
 
-    assert str(tmp_path / "missing.png") in cli_error_line(missing)
-    assert str(broken / "c.png") in cli_error_line(bad)
+
+def test_a_broken_input_or_a_remote_output_dir_writes_nothing(varied_checkpoint, inputs,
+                                                              tmp_path, monkeypatch):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ValueError, match=str(broken / "c.png")):
+        predict.write_predictions(TINY, "synthetic", varied_checkpoint, str(broken),
+                                  str(tmp_path / "out-3"))
     assert not (tmp_path / "out-3").exists()
-    assert "--output_dir=gs://no-such-bucket/out: outputs are written to local paths only" in (
-        cli_error_line(remote))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="--output_dir=gs://no-such-bucket/out: outputs are "
+                                         "written to local paths only"):
+        predict.write_predictions(TINY, "synthetic", varied_checkpoint, str(inputs),
+                                  "gs://no-such-bucket/out")
     assert not (tmp_path / "gs:").exists()
+
+
+def test_cli_reports_bad_input_in_one_error_line(varied_checkpoint, tmp_path):
+    flagfile = tmp_path / "experiment.flags"
+    flagfile.write_text("--preset=tiny\n--dataset=synthetic\n")
+    result = run_cli("ciss_tf.predict", f"--flagfile={flagfile}",
+                     f"--checkpoint={varied_checkpoint}", f"--input={tmp_path / 'missing.png'}",
+                     f"--output_dir={tmp_path / 'out'}", check=False)
+    assert str(tmp_path / "missing.png") in cli_error_line(result)
+    assert not (tmp_path / "out").exists()
 
 
 def test_inputs_with_the_same_stem_are_refused(tmp_path):
@@ -141,24 +132,3 @@ def test_inputs_with_the_same_stem_are_refused(tmp_path):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(ValueError, match="same output files"):
         predict.list_images(str(tmp_path))
-
-
-@pytest.mark.parametrize("form", ["one_argument", "two_arguments"])
-def test_parse_flags_drops_training_flags_of_a_flagfile_in_either_form(tmp_path, monkeypatch,
-                                                                      form):
-    flag_values = flags.FlagValues()
-    flags.DEFINE_string("checkpoint", None, "", flag_values=flag_values)
-    flags.DEFINE_integer("num_steps", 0, "", flag_values=flag_values)
-    monkeypatch.setattr(flags, "FLAGS", flag_values)
-    flagfile = tmp_path / "experiment.flags"
-    flagfile.write_text("--checkpoint=ckpt\n--stage=ciss\n--unroll_steps=8\n")
-    directive = ([f"--flagfile={flagfile}"] if form == "one_argument"
-                 else ["--flagfile", str(flagfile)])
-    assert command_flags.parse_flags(["tool", *directive, "--num_steps", "2"]) == ["tool"]
-    assert (flag_values.checkpoint, flag_values.num_steps) == ("ckpt", 2)
-
-
-def test_parse_flags_names_a_flagfile_flag_without_its_file(monkeypatch):
-    monkeypatch.setattr(flags, "FLAGS", flags.FlagValues())
-    with pytest.raises(SystemExit, match="^error: .*--flagfile"):
-        command_flags.parse_flags(["tool", "--flagfile"])

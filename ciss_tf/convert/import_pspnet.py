@@ -32,27 +32,50 @@ def define_flags():
     )
 
 
+def import_checkpoint(model_config, dataset, weights, output):
+    """The tool without its flags: converts `weights`, writes the checkpoint `output`.
+
+    Prints the mapping report and the prefix written.
+
+    Args:
+      model_config: the stage-1 `config.ModelConfig` (its preset and stem).
+      dataset: dataset name (its number of classes).
+      weights: a .caffemodel or the original's NumPy dict (.npy).
+      output: checkpoint prefix to write.
+
+    Returns:
+      The `pspnet_weights.ImportReport`.
+
+    Raises:
+      ValueError: unreadable, missing or mis-shaped weights, or `output` is a folder;
+        nothing is written then.
+    """
+    if os.path.isdir(output):
+        raise ValueError(
+            f"--output={output} is a directory; give a checkpoint prefix inside it "
+            f"(e.g. {os.path.join(output, 'imported')})"
+        )
+    info = datasets.get_dataset_info(dataset)
+    loaded, stride_on = pspnet_weights.read_weights(weights)
+    model = config.build_model(model_config, info.num_classes)
+    report = pspnet_weights.import_weights(model, loaded, weights, stride_on)
+    parent = os.path.dirname(output)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    prefix = checkpoints.save_model(model, output)
+    print("\n".join(report.lines()))
+    print(f"wrote {prefix} ({model_config.preset}, {info.num_classes} classes of {info.name})")
+    return report
+
+
 def import_from_flags():
     """The tool: reads `--weights`, writes the checkpoint `--output`, prints the report."""
     for name in ("weights", "output"):
         if not getattr(FLAGS, name):
             raise ValueError(f"--{name} is required")
-    if os.path.isdir(FLAGS.output):
-        raise ValueError(
-            f"--output={FLAGS.output} is a directory; give a checkpoint prefix inside it "
-            f"(e.g. {os.path.join(FLAGS.output, 'imported')})"
-        )
-    info = datasets.get_dataset_info(FLAGS.dataset)
-    weights, stride_on = pspnet_weights.read_weights(FLAGS.weights)
-    model = config.build_model(command_flags.model_config("pspnet"), info.num_classes)
-    report = pspnet_weights.import_weights(model, weights, FLAGS.weights, stride_on)
-    parent = os.path.dirname(FLAGS.output)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    prefix = checkpoints.save_model(model, FLAGS.output)
-    print("\n".join(report.lines()))
-    print(f"wrote {prefix} ({FLAGS.preset}, {info.num_classes} classes of {info.name})")
-    return report
+    return import_checkpoint(
+        command_flags.model_config("pspnet"), FLAGS.dataset, FLAGS.weights, FLAGS.output
+    )
 
 
 def run():
