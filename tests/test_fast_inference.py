@@ -201,6 +201,8 @@ def test_fast_unroll_equals_plain_model_at_every_step(tiny, context_mode, winogr
         assert all(conv.winograd for convs in net.trunk_convs for conv in convs)
     fast = tf.function(net, autograph=False)
     images = _images()
+    # T = 2: step 2 is the first whose context comes from a Bias-Net prediction; later
+    # steps run its code again.
     plain = model(images, training=False, num_steps=2, cache_features=False)
     got = fast(images, num_steps=2)
     assert got["logits"].shape == plain["logits"].shape
