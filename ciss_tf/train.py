@@ -12,9 +12,11 @@ latest checkpoint in `--model_dir`.
 """
 
 import copy
+import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from ciss_tf.tools import cli, command_flags
 from ciss_tf.training import config, trainer
@@ -163,8 +165,16 @@ def parse_config(args):
       ValueError: flags that do not make a run.
     """
     flag_values = copy.deepcopy(FLAGS)
-    flag_values.unparse_flags()
-    flag_values(["train", *args])
+    # Parsing the copy's --verbosity sets the process's log levels (absl): keep the caller's,
+    # else an in-process run would silence its own progress lines.
+    loggers = (logging.root, absl_logging.get_absl_logger())
+    levels = [logger.level for logger in loggers]
+    try:
+        flag_values.unparse_flags()
+        flag_values(["train", *args])
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
     return config_from_flags(flag_values)
 
 

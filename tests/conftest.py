@@ -15,6 +15,23 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
 
+def pytest_configure(config):
+    """Splits the CPU into two logical devices in every process that runs tests.
+
+    Two-replica training (`--num_cpu_devices=2`) then runs in process. TensorFlow takes
+    logical devices only before its runtime starts, which collecting the test modules may do;
+    the trainer's `make_strategy` leaves an equal configuration as it is, and everything else
+    runs on /cpu:0 as on one device.
+    """
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # the xdist controller runs no test
+    import tensorflow as tf  # noqa: PLC0415  (after the environment above is set)
+
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
+
 def run_cli(module, *args, check=True, env=None, timeout=600):
     """Runs `python -m module args` from the repository root; returns the CompletedProcess.
 

@@ -1,37 +1,30 @@
 """The CamVid experiment flagfiles, run for two steps each on a few real images.
 
 Uses `../shared/camvid` (skipped when absent): TFRecords of 4 train and 2 val pairs, stage 1
-(AdamW, `small` preset), stage 2 on its frozen features, and the evaluator at the scale the
-flagfiles train at.
+(AdamW, `small` preset), stage 2 on its frozen features (both trained in this process, as
+`python -m ciss_tf.train --flagfile=...` would), and the evaluate command on the stage-2
+flagfile at the scale the flagfiles train at.
 """
 
 import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT, run_cli
 
+from ciss_tf import train
 from ciss_tf.data import input_pipeline
 from ciss_tf.evaluation import evaluator
 from ciss_tf.modeling import checkpoints, config
+from ciss_tf.training import trainer
+from data_prep import sources, writer
 
-ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "camvid"
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
 pytestmark = pytest.mark.skipif(not CAMVID.is_dir(), reason=f"{CAMVID} is absent")
-
-
-def _run(module, *args):
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=ENV,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{module} failed:\n{result.stderr[-4000:]}"
-    return result
 
 
 def _subset(target, counts):
@@ -49,21 +42,30 @@ def _variables(prefix, start):
             if name.startswith(start) and "OPTIMIZER_SLOT" not in name}
 
 
-def test_camvid_flagfiles_train_both_stages_and_evaluate(tmp_path):
+def test_camvid_flagfiles_train_both_stages_and_evaluate(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # flagfile paths are relative to the repository root
     _subset(tmp_path / "camvid", {"train": 4, "val": 2})
     data = tmp_path / "records"
-    _run("data_prep.build_tfrecords", "--dataset=camvid", f"--input_dir={tmp_path / 'camvid'}",
-         f"--output_dir={data}")
+    writer.write_splits(sources.camvid_splits(str(tmp_path / "camvid")),
+                        label_map=sources.LABEL_MAPS["camvid"],
+                        label_hint=sources.LABEL_HINTS.get("camvid", ""), output_dir=str(data))
     short = [f"--data_dir={data}", "--batch_size=2", "--max_steps=2", "--log_every=1",
              "--image_summary_every=0"]
-    _run("ciss_tf.train", "--flagfile=experiments/camvid_pspnet.flags", *short,
-         f"--model_dir={tmp_path / 'pspnet'}")
-    _run("ciss_tf.train", "--flagfile=experiments/camvid.flags", *short,
-         f"--model_dir={tmp_path / 'ciss'}", f"--init_checkpoint={tmp_path / 'pspnet'}")
+    terms = trainer.train(train.parse_config([
+        "--flagfile=experiments/camvid_pspnet.flags", *short,
+        f"--model_dir={tmp_path / 'pspnet'}",
+    ]))
+    assert np.isfinite(terms["total"])
+    trainer.train(train.parse_config([
+        "--flagfile=experiments/camvid.flags", *short, f"--model_dir={tmp_path / 'ciss'}",
+        f"--init_checkpoint={tmp_path / 'pspnet'}",
+    ]))
     out = tmp_path / "eval.json"
-    _run("ciss_tf.evaluate", "--flagfile=experiments/camvid.flags", f"--data_dir={data}",
-         f"--checkpoint={tmp_path / 'ciss'}", "--eval_steps=0,2", "--eval_scales=0.5",
-         f"--output_json={out}")
+    # The evaluate command itself, on the experiment's flagfile (training flags in it
+    # skipped, its model settings read).
+    run_cli("ciss_tf.evaluate", "--flagfile=experiments/camvid.flags", f"--data_dir={data}",
+            f"--checkpoint={tmp_path / 'ciss'}", "--eval_steps=0,2", "--eval_scales=0.5",
+            f"--output_json={out}")
 
     # Stage 2 trained on the stage-1 features without changing them.
     stage1 = _variables(str(tmp_path / "pspnet" / "ckpt-2"), "model/feature_net")

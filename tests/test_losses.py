@@ -39,8 +39,13 @@ def test_gradients_reach_the_three_nets_and_not_the_feature_net(setup):
         terms = _loss(model, images, labels, 2, ids)
     assert all(np.isfinite(float(v)) for v in terms.values())
     assert not model.feature_net.trainable_variables  # frozen: nothing to update
-    for variable in model.feature_net.variables:
-        assert tape.gradient(terms["total"], variable) is None
+
+    def gradients(name, variables):
+        """`(variable, gradient of the term)` pairs, from one backward pass."""
+        return zip(variables, tape.gradient(terms[name], variables), strict=True)
+
+    for variable, gradient in gradients("total", model.feature_net.variables):
+        assert gradient is None, variable.path
     for net in (model.base_net, model.bias_net, model.context_net):
         grads = tape.gradient(terms["total"], net.trainable_variables)
         norm = sum(float(tf.reduce_sum(tf.abs(g))) for g in grads if g is not None)
@@ -48,10 +53,11 @@ def test_gradients_reach_the_three_nets_and_not_the_feature_net(setup):
     # The policy and value terms train only the Context Net (the p-map it reads is a
     # constant); the segmentation term never reaches it.
     for name in ("policy", "value"):
-        for variable in model.base_net.trainable_variables + model.bias_net.trainable_variables:
-            assert tape.gradient(terms[name], variable) is None, (name, variable.path)
-    for variable in model.context_net.trainable_variables:
-        assert tape.gradient(terms["segmentation"], variable) is None
+        predictions = model.base_net.trainable_variables + model.bias_net.trainable_variables
+        for variable, gradient in gradients(name, predictions):
+            assert gradient is None, (name, variable.path)
+    for variable, gradient in gradients("segmentation", model.context_net.trainable_variables):
+        assert gradient is None, variable.path
 
 
 def test_reduction_is_the_same_for_any_split_of_the_global_batch(setup):

@@ -1,0 +1,140 @@
+"""`training.trainer` in process: 2 replicas = 1 device, exact resume, the NaN guard, errors."""
+
+import glob
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import ENV, ROOT
+from training_runs import TINY, assert_same_weights, train, weights
+
+from ciss_tf.modeling import checkpoints, config
+from ciss_tf.training import trainer
+
+
+@pytest.fixture
+def log(caplog):
+    """The trainer's log lines (absl: "Resumed from", the progress lines)."""
+    caplog.set_level(logging.INFO, logger="absl")
+    return caplog
+
+
+def test_two_replicas_equal_one_device(synthetic_records, tmp_path):
+    common = ["--max_steps=1", "--dropout=0", "--deterministic"]
+    train(synthetic_records, tmp_path / "one", *common)
+    train(synthetic_records, tmp_path / "two", *common, "--num_cpu_devices=2")
+    one, two = weights(tmp_path / "one", 1), weights(tmp_path / "two", 1)
+    # Same global batch, same per-example action noise: the update agrees to float rounding.
+    assert_same_weights(one, two, atol=1e-5)
+    # The frozen feature net is bit-identical to its initialisation (same seed, built as the
+    # trainer builds it); the Base Net moved.
+    keras.utils.set_random_seed(3)
+    model = config.build_ciss_net(8, "tiny", "learned", 0.0)
+    model(tf.zeros([1, 48, 48, 3]), num_steps=2)
+    initial = {
+        checkpoints.stored_name(key): v.numpy()
+        for key, v in checkpoints.model_variables(model).items()
+    }
+    feature = [k for k in one if "feature_net" in k]
+    base = [k for k in one if "base_net" in k and one[k].dtype.kind == "f"]
+    assert feature and base
+    for key in feature:
+        np.testing.assert_array_equal(one[key], initial[key], err_msg=key)
+    assert max(np.abs(one[k] - initial[k]).max() for k in base) > 1e-4
+
+
+def test_resume_equals_uninterrupted(synthetic_records, tmp_path, log):
+    common = ["--max_steps=4", "--checkpoint_every=2", "--deterministic"]
+    train(synthetic_records, tmp_path / "straight", *common)
+    train(synthetic_records, tmp_path / "resumed", *common, "--stop_at_step=2")
+    assert tf.train.latest_checkpoint(str(tmp_path / "resumed")).endswith("ckpt-2")
+    log.clear()
+    train(synthetic_records, tmp_path / "resumed", *common)
+    assert any(m.startswith("Resumed from") for m in log.messages)
+    assert_same_weights(
+        weights(tmp_path / "straight", 4), weights(tmp_path / "resumed", 4), atol=1e-6
+    )
+    reader = tf.train.load_checkpoint(str(tmp_path / "resumed" / "ckpt-4"))
+    assert reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 4
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_records, tmp_path):
+    model_dir = tmp_path / "nan"
+    with pytest.raises(trainer.NonFiniteLossError) as error:
+        train(synthetic_records, model_dir, "--max_steps=8", "--checkpoint_every=1",
+              "--base_learning_rate=1e30", "--context_learning_rate=1e30")
+    assert "nan" in str(error.value) or "non-finite" in str(error.value)
+    for index in glob.glob(str(model_dir / "ckpt-*.index")):
+        step_weights = weights(model_dir, int(index.split("ckpt-")[1].split(".")[0]))
+        for name, value in step_weights.items():
+            if value.dtype.kind == "f":
+                assert np.isfinite(value).all(), name
+    assert not os.path.exists(model_dir / "ckpt-8.index")
+
+
+def test_settings_that_make_no_run_are_refused_naming_the_flag(synthetic_records, tmp_path):
+    # Refused before anything is written (`python -m ciss_tf.train` turns the ValueError into
+    # its one error line: test_train.py).
+    with pytest.raises(ValueError) as error:
+        train(synthetic_records, tmp_path / "m", "--batch_size=3", "--num_cpu_devices=2")
+    assert "--batch_size=3" in str(error.value)
+    with pytest.raises(ValueError, match="--unroll_steps"):
+        train(synthetic_records, tmp_path / "n", "--unroll_steps=0")
+    assert not (tmp_path / "n").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _multi_worker_run(data_dir, model_dir, max_steps):
+    """Two local workers train to `max_steps`; returns their stderr."""
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    processes = []
+    for index in range(2):
+        env = dict(ENV, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        ))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "ciss_tf.train", *TINY, f"--data_dir={data_dir}",
+             f"--model_dir={model_dir}", f"--max_steps={max_steps}",
+             "--strategy=multi_worker"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))
+    errors = []
+    try:
+        for process in processes:
+            _, err = process.communicate(timeout=600)
+            assert process.returncode == 0, err[-3000:]
+            errors.append(err)
+    finally:
+        for process in processes:
+            process.kill()
+    return errors
+
+
+@pytest.mark.slow
+def test_multi_worker_trains_writes_one_checkpoint_and_resumes_from_the_chiefs(
+        synthetic_records, tmp_path):
+    # Two worker processes (MultiWorkerMirroredStrategy reads TF_CONFIG at start-up).
+    model_dir = tmp_path / "mw"
+    _multi_worker_run(synthetic_records, model_dir, 1)
+    assert sorted(os.listdir(model_dir))[:1] == ["checkpoint"]
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-1")
+    # The other worker's scratch copy is gone (a local disk): it resumes from the chief's
+    # checkpoint, at the same step, instead of starting over and hanging the collectives.
+    tf.io.gfile.rmtree(str(model_dir / "workers"))
+    errors = _multi_worker_run(synthetic_records, model_dir, 2)
+    for err in errors:
+        assert f"Resumed from {model_dir / 'ckpt-1'} at step 1" in err
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
