@@ -16,11 +16,10 @@ import tensorflow as tf
 from conftest import ROOT, run_cli
 
 from ciss_tf import train
-from ciss_tf.data import input_pipeline
+from ciss_tf.data import datasets, input_pipeline, writer
 from ciss_tf.evaluation import evaluator
 from ciss_tf.modeling import checkpoints, config
 from ciss_tf.training import trainer
-from data_prep import sources, writer
 
 CAMVID = ROOT.parent / "shared" / "camvid"
 
@@ -46,9 +45,9 @@ def test_camvid_flagfiles_train_both_stages_and_evaluate(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # flagfile paths are relative to the repository root
     _subset(tmp_path / "camvid", {"train": 4, "val": 2})
     data = tmp_path / "records"
-    writer.write_splits(sources.camvid_splits(str(tmp_path / "camvid")),
-                        label_map=sources.LABEL_MAPS["camvid"],
-                        label_hint=sources.LABEL_HINTS.get("camvid", ""), output_dir=str(data))
+    spec = datasets.get_dataset_info("camvid")
+    writer.write_splits(spec.read_splits(str(tmp_path / "camvid")), label_map=spec.label_map,
+                        label_hint=spec.label_hint, output_dir=str(data))
     short = [f"--data_dir={data}", "--batch_size=2", "--max_steps=2", "--log_every=1",
              "--image_summary_every=0"]
     terms = trainer.train(train.parse_config([
