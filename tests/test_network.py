@@ -34,8 +34,7 @@ def _built_nets():
 def tiny(_built_nets):
     """`tiny(mode)`: a built `_tiny(mode)` as first built, shared by the module's tests.
 
-    Building one costs seconds (Keras traces the first call); a test may change its
-    variables, which the next test's `tiny` call puts back.
+    A test may change its variables, which the next test's `tiny` call puts back.
     """
     def get(context_mode="learned"):
         if context_mode not in _built_nets:
@@ -284,13 +283,39 @@ def test_mixed_precision_keeps_logits_policy_and_values_in_float32():
 
 
 @pytest.mark.parametrize("mode", ["none", "pmap"])
-def test_controls_unrolled_zero_steps_never_touch_the_bias_net(mode):
+def test_controls_unrolled_zero_steps_never_touch_the_bias_net(mode, monkeypatch):
     net = _tiny(mode)
+
+    def untouched(*args, **kwargs):
+        raise AssertionError("the Bias Net ran")
+
+    for name in ("call", "call_concat"):
+        monkeypatch.setattr(net.bias_net, name, untouched)
+    monkeypatch.setattr(net.bias_net.trunk, "project_features", untouched)
     outputs = net(_images(), training=True, num_steps=0)
     assert outputs["logits"].shape[0] == 1 and "bootstrap_value" not in outputs
     # No value of the last state to bootstrap without a Context Net, so nothing of the Bias
-    # Net is computed (its first conv over X is the largest in the model).
-    assert not net.bias_net.variables
+    # Net is computed (its first conv over X is the largest in the model), yet its variables
+    # exist, for a checkpoint to restore into.
+    assert net.bias_net.variables
+
+
+@pytest.mark.parametrize(
+    "build", [lambda: config.build_pspnet(NUM_CLASSES, "tiny"), _tiny, lambda: _tiny("none")],
+    ids=["pspnet", "learned", "none"],
+)
+def test_build_creates_every_variable_under_its_layer_before_any_call(build):
+    net = build()
+    net.build((None, None, None, 3))
+    paths = [v.path for v in net.variables]
+    assert len(paths) == len(set(paths))
+    net(_images(1, 33), **({} if isinstance(net, PSPNet) else {"num_steps": 1}))
+    # The first call creates nothing more: `build` built every layer without tracing the net.
+    assert [v.path for v in net.variables] == paths
+    for layer in net._flatten_layers(include_self=False, recursive=False):
+        assert all(v.path.startswith(f"{net.name}/{layer.name}/") for v in layer.weights)
+    if isinstance(net, CissNet):
+        assert net.bias_net.trunk.kernel.path == f"{net.name}/bias_net/trunk/c1_kernel"
 
 
 def test_context_actions_of_every_mode():

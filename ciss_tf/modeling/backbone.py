@@ -27,7 +27,7 @@ Inference rewrites and weight importers reach the convs through `DilatedResNet.s
 import keras
 import tensorflow as tf
 
-from ciss_tf.modeling import ppm
+from ciss_tf.modeling import ops, ppm
 
 EXPANSION = 4
 STEMS = ("deep", "resnet")
@@ -43,6 +43,7 @@ class ConvBN(keras.layers.Layer):
     The unit that inference rewrites and weight importers work on.
 
     Attributes:
+      filters: the conv's output channels.
       stride: the conv's stride (both axes).
       dilation: the conv's dilation rate (both axes).
       pad: the zero padding on each side, `dilation * (kernel_size - 1) // 2`.
@@ -52,6 +53,7 @@ class ConvBN(keras.layers.Layer):
     def __init__(self, filters, kernel_size, stride=1, dilation=1, relu=True, epsilon=1e-5,
                  **kwargs):
         super().__init__(**kwargs)
+        self.filters = filters
         self.stride = stride
         self.dilation = dilation
         self.relu = relu
@@ -63,6 +65,10 @@ class ConvBN(keras.layers.Layer):
         self.bn = ppm.make_norm("batch", filters, name="bn")
         # make_norm has PSPNet's 1e-5; layers that take Keras ImageNet weights need Keras's.
         self.bn.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.bn.build(ops.channels_shape(self.filters))
 
     def folded(self):
         """The conv with the batch norm (inference mode) folded in: float64 `(kernel, bias)`.
@@ -101,6 +107,14 @@ class Bottleneck(keras.layers.Layer):
             )
             if project else None
         )
+
+    def build(self, input_shape):
+        if self.proj is not None:
+            self.proj.build(input_shape)
+        shape = input_shape
+        for unit in self.units():
+            unit.build(shape)
+            shape = ops.channels_shape(unit.filters)
 
     def units(self):
         """The residual branch's `ConvBN` units in order: 1x1 reduce, 3x3, 1x1 increase."""
@@ -188,6 +202,14 @@ class DilatedResNet(keras.layers.Layer):
                 )
                 for block in range(depth)
             ])
+
+    def build(self, input_shape):
+        shape = input_shape
+        for layer in [*self.stem, *self.blocks()]:
+            layer.build(shape)
+            shape = ops.channels_shape(
+                layer.filters if isinstance(layer, ConvBN) else layer.units()[-1].filters
+            )
 
     @property
     def output_channels(self):

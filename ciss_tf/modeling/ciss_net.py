@@ -23,6 +23,7 @@ CiSS-Net minus it is what the Context Net's choice adds; no RL, like "pmap").
 import keras
 import tensorflow as tf
 
+from ciss_tf.modeling import ops
 from ciss_tf.modeling.context_net import ContextNet
 from ciss_tf.modeling.pspnet import FeatureNet
 from ciss_tf.modeling.segment_net import BaseNet, BiasNet
@@ -192,6 +193,15 @@ class CissNet(keras.Model):
             )
             if context_mode == "learned" else None
         )
+
+    def build(self, input_shape):
+        # Every net is built, also those a call with num_steps=0 never runs, so that a
+        # checkpoint restores into each variable.
+        self.feature_net.build(input_shape)
+        self.base_net.build(ops.channels_shape(self.feature_net.output_channels))
+        self.bias_net.build()
+        if self.context_net is not None:
+            self.context_net.build()
 
     def features(self, images):
         """The domain feature `X` (no gradient: the feature net is frozen)."""

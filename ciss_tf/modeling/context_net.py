@@ -14,6 +14,7 @@ policy over two actions (0: ignore the prediction, 1: keep it as context) and a 
 import keras
 import tensorflow as tf
 
+from ciss_tf.modeling import ops
 from ciss_tf.modeling.ppm import PyramidPooling
 from ciss_tf.modeling.trunk import ContextTrunk
 
@@ -54,6 +55,12 @@ class ContextNet(keras.layers.Layer):
         )
         self.policy_head = keras.layers.Conv2D(2, 1, name="policy")
         self.value_head = keras.layers.Conv2D(1, 1, use_bias=False, name="value")
+
+    def build(self, input_shape=None):
+        self.encoder.build(ops.channels_shape(self.num_classes))
+        self.trunk.build()
+        for head in (self.policy_head, self.value_head):
+            head.build(ops.channels_shape(self.channels))
 
     def encode(self, probabilities, training):
         """`E` for a p-map of class probabilities `[B, h, w, Nc]`."""

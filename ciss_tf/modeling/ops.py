@@ -1,4 +1,4 @@
-"""Resizing ops shared by the network, the loss and inference.
+"""Resizing ops shared by the network, the loss and inference, and the layers' build shape.
 
 The original code resizes everything with TF1's `resize_images(..., align_corners=True)`
 (its `Interp`); the official PSPNet weights were trained that way too, so we keep the same
@@ -33,6 +33,15 @@ def resize_nearest(x, size):
 def resize_labels(labels, size):
     """Nearest-neighbour resize of int labels `[B, H, W]` to `size`."""
     return resize_nearest(labels[..., tf.newaxis], size)[..., 0]
+
+
+def channels_shape(channels):
+    """An NHWC shape that knows only its channels: all a conv or a norm needs to build.
+
+    The composite layers build their children from it in `build`, so that Keras never has to
+    trace a whole network symbolically to create its variables.
+    """
+    return (None, None, None, channels)
 
 
 def spatial_size(x):

@@ -177,6 +177,11 @@ class PyramidPooling(keras.layers.Layer):
         ]
         self.norms = [make_norm(norm, channels, name=f"pool{b}_{norm}_norm") for b in self.bins]
 
+    def build(self, input_shape):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            conv.build(input_shape)
+            norm.build(ops.channels_shape(self.channels))
+
     def project(self, pooled, training=False):
         """The branches before upsampling: `relu(norm(conv1x1(cells)))` per bin.
 

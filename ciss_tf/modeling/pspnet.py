@@ -8,6 +8,7 @@ stride 8 for the paper preset). The paper calls this stack "the first four block
 import keras
 import tensorflow as tf
 
+from ciss_tf.modeling import ops
 from ciss_tf.modeling.backbone import DilatedResNet
 from ciss_tf.modeling.ppm import PyramidPooling, conv_weights, make_norm
 
@@ -48,6 +49,10 @@ class FeatureNet(keras.layers.Layer):
             name="backbone",
         )
         self.ppm = PyramidPooling(ppm_channels, bins, norm="batch", name="ppm")
+
+    def build(self, input_shape):
+        self.backbone.build(input_shape)
+        self.ppm.build(ops.channels_shape(self.backbone.output_channels[1]))
 
     @property
     def output_channels(self):
@@ -97,6 +102,11 @@ class SegmentationHead(keras.layers.Layer):
             num_classes, 1, dtype="float32", name="classifier"
         )
 
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        for layer in (self.norm, self.classifier):
+            layer.build(ops.channels_shape(self.channels))
+
     def conv_weights(self):
         """`ConvWeights` of the 3x3 conv and of the classifier, for weight importers.
 
@@ -145,6 +155,11 @@ class PSPNet(keras.Model):
         self.feature_net = FeatureNet(**self.feature_net_config, name="feature_net")
         self.head = SegmentationHead(num_classes, head_channels, dropout, name="head")
         self.aux_head = SegmentationHead(num_classes, head_channels // 2, dropout, name="aux_head")
+
+    def build(self, input_shape):
+        self.feature_net.build(input_shape)
+        self.head.build(ops.channels_shape(self.feature_net.output_channels))
+        self.aux_head.build(ops.channels_shape(self.feature_net.backbone.output_channels[0]))
 
     def call(self, images, training=False):
         res4, x = self.feature_net(images, training=training)

@@ -11,6 +11,7 @@ the Base Net's logits before the softmax.
 import keras
 import tensorflow as tf
 
+from ciss_tf.modeling import ops
 from ciss_tf.modeling.ppm import PyramidPooling
 from ciss_tf.modeling.pspnet import SegmentationHead
 from ciss_tf.modeling.trunk import ContextTrunk
@@ -72,6 +73,11 @@ class BiasNet(keras.layers.Layer):
         self.classifier = keras.layers.Conv2D(
             num_classes, 1, use_bias=False, dtype="float32", name="classifier"
         )
+
+    def build(self, input_shape=None):
+        self.encoder.build(ops.channels_shape(self.num_classes + 1))
+        self.trunk.build()
+        self.classifier.build(ops.channels_shape(self.channels))
 
     def one_hot(self, context_map, dtype):
         """The first block of `E`: a context map `[B, h, w]` of ints in 0..Nc, one-hot."""

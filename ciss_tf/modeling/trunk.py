@@ -22,6 +22,7 @@ recombine the convs without reading the layer's internals.
 import keras
 import tensorflow as tf
 
+from ciss_tf.modeling import ops
 from ciss_tf.modeling.ppm import make_norm
 
 
@@ -55,7 +56,7 @@ class ContextTrunk(keras.layers.Layer):
             shape=(3, 3, self.feature_channels + self.encoded_channels, self.channels),
             initializer="glorot_uniform",
         )
-        inner = (None, None, None, self.channels)
+        inner = ops.channels_shape(self.channels)
         for norm in self.norms:
             norm.build(inner)
         for conv in self.convs:

@@ -103,7 +103,7 @@ class Trainer:
         terms["weight_decay"] = decay
         return terms
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_step(self, iterator):
         """One distributed step; returns the terms summed over replicas (global means)."""
         per_replica = self.strategy.run(self.replica_fn, args=(next(iterator),))
