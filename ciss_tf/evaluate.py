@@ -4,17 +4,9 @@ r"""Evaluates a CiSS-Net checkpoint: mIoU and pixel accuracy at chosen steps (Ta
         --checkpoint=runs/ade20k --eval_steps=0,2,4,6 --output_json=eval.json
 
 Scores come from one confusion matrix per step summed over the whole split, at the original
-image resolution (`ciss_tf.metrics`). One unroll to `max(--eval_steps)` gives every step.
-`--eval_scales`, `--eval_flip` and `--crop_size` switch on PSPNet's multi-scale, mirrored
-and sliding-window inference (`ciss_tf.modeling.segmenter.Segmenter`); read from an experiment's
-flagfile, `--crop_size` is the training crop, which is PSPNet's evaluation window.
-
-The JSON file holds `{"steps": {"0": {"miou", "pixel_accuracy", "iou": [...], ...}, ...}}`
-(fractions in [0, 1]; `null` IoU for classes absent from both ground truth and prediction)
-plus `checkpoint`, `dataset`, `split`, `num_images`, `class_names` and the inference
-settings. On Cityscapes, `--cityscapes_results_dir` also writes label-id PNGs of step
-`--cityscapes_step` and, with `--cityscapes_gt_dir`, scores them with the official script
-(the JSON gains `cityscapes`).
+image resolution; `--eval_scales`, `--eval_flip` and `--crop_size` switch on PSPNet's
+multi-scale, mirrored and sliding-window inference. What is scored and the fields of the
+JSON file: docs/evaluation.md.
 
 The flags become an `evaluation.evaluator.EvalConfig` run by `evaluator.run_evaluation`;
 `evaluator.evaluate_model` is the in-process entry point (the trainer and the demo call it).

@@ -8,9 +8,7 @@ sliding-window inference (`ciss_tf.evaluation.segmenter.Segmenter`).
 * `evaluate_model`: scores of a built model on a dataset (in process);
 * `run_evaluation(EvalConfig)`: the whole tool: loads the checkpoint, scores the split,
   prints the table, optionally writes Cityscapes PNGs, scores them officially and writes
-  the JSON report (`{"steps": {"0": {"miou", "pixel_accuracy", "iou": [...], ...}, ...}}`,
-  fractions in [0, 1], `null` IoU for classes absent from both ground truth and prediction,
-  plus `checkpoint`, `dataset`, `split`, `num_images`, `class_names` and the settings).
+  the JSON report (its fields: docs/evaluation.md).
 """
 
 import dataclasses
