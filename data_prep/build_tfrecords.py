@@ -29,6 +29,7 @@ Datasets and expected layouts (`--input_dir`):
   synthetic       generated (ciss_tf.data.synthetic); no --input_dir
 """
 
+import dataclasses
 import sys
 
 from absl import app, flags
@@ -38,86 +39,75 @@ from ciss_tf.data.raw_readers import RawDataError
 from ciss_tf.tools import cli
 from data_prep import builder
 
-_DATASET = flags.DEFINE_enum("dataset", None, list(datasets.DATASET_NAMES), "Dataset to convert.")
-_INPUT_DIR = flags.DEFINE_string(
+# One source for the defaults: the config's fields (every flag below is one field, same name).
+_DEFAULTS = builder.BuildConfig(dataset="", output_dir="")
+
+flags.DEFINE_enum("dataset", None, list(datasets.DATASET_NAMES), "Dataset to convert.")
+flags.DEFINE_string(
     "input_dir", None, "Folder of the dataset in its released layout (see the module doc)."
 )
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.")
-_CITYSCAPES_ZIP_DIR = flags.DEFINE_string(
+flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.")
+flags.DEFINE_string(
     "cityscapes_zip_dir",
     None,
     "Cityscapes only: folder with leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, "
     "read through tensorflow-datasets instead of extracted folders in --input_dir.",
 )
-_TFDS_DATA_DIR = flags.DEFINE_string(
+flags.DEFINE_string(
     "tfds_data_dir",
     None,
     "With --cityscapes_zip_dir: where tensorflow-datasets extracts and prepares the zips "
     "(kept, and reused by later runs). Default: a temporary folder in --output_dir, "
     "deleted at the end.",
 )
-_SPLITS = flags.DEFINE_list(
+flags.DEFINE_list(
     "splits",
     None,
     "Splits to convert, e.g. train,val. Default: every split found (the Cityscapes test "
     "split too, with a warning: its gtFine labels are placeholders, all ignore, of no use "
     "for training or evaluation; --splits=train,val leaves it out).",
 )
-_NUM_SHARDS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "num_shards",
-    0,
+    _DEFAULTS.num_shards,
     "Shards per split; 0 = about 256 records per shard (at most 64).",
     lower_bound=0,
 )
-_MAX_IMAGES_PER_SPLIT = flags.DEFINE_integer(
+flags.DEFINE_integer(
     "max_images_per_split",
-    0,
+    _DEFAULTS.max_images_per_split,
     "Convert at most this many images per split; 0 = all.",
     lower_bound=0,
 )
-_SKIP_BAD = flags.DEFINE_bool(
+flags.DEFINE_bool(
     "skip_bad",
-    False,
+    _DEFAULTS.skip_bad,
     "Leave out examples that fail a check and list them in --report_file, "
     "instead of stopping at the first one.",
 )
-_REPORT_FILE = flags.DEFINE_string(
+flags.DEFINE_string(
     "report_file", None, "With --skip_bad: the report; default <output_dir>/skipped.txt."
 )
-_SYNTHETIC_SEED = flags.DEFINE_integer("synthetic_seed", 0, "Synthetic: generator seed.")
-_SYNTHETIC_NUM_TRAIN = flags.DEFINE_integer(
-    "synthetic_num_train", 400, "Synthetic: training images.", lower_bound=1
+flags.DEFINE_integer("synthetic_seed", _DEFAULTS.synthetic_seed, "Synthetic: generator seed.")
+flags.DEFINE_integer(
+    "synthetic_num_train", _DEFAULTS.synthetic_num_train, "Synthetic: training images.",
+    lower_bound=1,
 )
-_SYNTHETIC_NUM_VAL = flags.DEFINE_integer(
-    "synthetic_num_val", 100, "Synthetic: validation images.", lower_bound=1
+flags.DEFINE_integer(
+    "synthetic_num_val", _DEFAULTS.synthetic_num_val, "Synthetic: validation images.", lower_bound=1
 )
-_SYNTHETIC_HEIGHT = flags.DEFINE_integer(
-    "synthetic_height", 96, "Synthetic: image height.", lower_bound=32
+flags.DEFINE_integer(
+    "synthetic_height", _DEFAULTS.synthetic_height, "Synthetic: image height.", lower_bound=32
 )
-_SYNTHETIC_WIDTH = flags.DEFINE_integer(
-    "synthetic_width", 96, "Synthetic: image width.", lower_bound=32
+flags.DEFINE_integer(
+    "synthetic_width", _DEFAULTS.synthetic_width, "Synthetic: image width.", lower_bound=32
 )
 
 
 def config_from_flags() -> builder.BuildConfig:
-    """The `BuildConfig` the parsed flags give."""
-    return builder.BuildConfig(
-        dataset=_DATASET.value,
-        output_dir=_OUTPUT_DIR.value,
-        input_dir=_INPUT_DIR.value,
-        cityscapes_zip_dir=_CITYSCAPES_ZIP_DIR.value,
-        tfds_data_dir=_TFDS_DATA_DIR.value,
-        splits=tuple(_SPLITS.value or ()),
-        num_shards=_NUM_SHARDS.value,
-        max_images_per_split=_MAX_IMAGES_PER_SPLIT.value,
-        skip_bad=_SKIP_BAD.value,
-        report_file=_REPORT_FILE.value,
-        synthetic_seed=_SYNTHETIC_SEED.value,
-        synthetic_num_train=_SYNTHETIC_NUM_TRAIN.value,
-        synthetic_num_val=_SYNTHETIC_NUM_VAL.value,
-        synthetic_height=_SYNTHETIC_HEIGHT.value,
-        synthetic_width=_SYNTHETIC_WIDTH.value,
-    )
+    """The `BuildConfig` the parsed flags give (each field from the flag of its name)."""
+    values = {f.name: flags.FLAGS[f.name].value for f in dataclasses.fields(builder.BuildConfig)}
+    return builder.BuildConfig(**{**values, "splits": tuple(values["splits"] or ())})
 
 
 def main(argv: list[str]) -> None:

@@ -1,5 +1,6 @@
 """Tiny raw datasets in their released layouts, and the shards read back (shared test helpers)."""
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -22,6 +23,11 @@ CITYSCAPES_IDS = np.array([[7, 26, 0, 33], [9, 11, 23, 24], [1, 32, 31, 4]], np.
 # road 0, car 13, unlabeled 255, bicycle 18 / parking 255, building 2, sky 10, person 11 /
 # ego vehicle 255, motorcycle 17, train 16, static 255: from the official table.
 CITYSCAPES_TRAIN_IDS = np.array([[0, 13, 255, 18], [255, 2, 10, 11], [255, 17, 16, 255]], np.int32)
+
+
+def warning_messages(caplog) -> list[str]:
+    """The messages of the WARNING records `caplog` captured, in order."""
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def png(array: np.ndarray) -> bytes:

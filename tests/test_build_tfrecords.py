@@ -15,6 +15,7 @@ from raw_datasets import (
     random_image,
     read_records,
     shard_splits,
+    warning_messages,
     write,
 )
 
@@ -47,7 +48,7 @@ def test_cityscapes_test_split_is_converted_with_a_warning(tmp_path, caplog, spl
         written = builder.build(builder.BuildConfig(
             "cityscapes", str(tmp_path / "out"), str(tmp_path / "in"), splits=splits
         ))
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = warning_messages(caplog)
     warning = (
         "Converting the Cityscapes test split (2 images): its gtFine labels are placeholders "
         "(all ignore), of no use for training or evaluation; --splits=train,val leaves it out"

@@ -14,6 +14,7 @@ from raw_datasets import (
     png,
     random_image,
     read_records,
+    warning_messages,
     write,
 )
 
@@ -72,7 +73,7 @@ def test_ade20k_missing_validation_folder_is_warned_about(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         splits = raw_readers.ade20k_splits(str(tmp_path))
     assert list(splits) == ["train"]
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+    assert warning_messages(caplog) == [
         f"{root / 'images' / 'validation'} is missing or holds no *.jpg: no val split written"
     ]
 
@@ -111,7 +112,7 @@ def test_pascal_context_missing_val_list_is_warned_about(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         splits = raw_readers.pascal_context_splits(str(tmp_path))
     assert list(splits) == ["train"]
-    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+    assert warning_messages(caplog) == [
         f"{val_list} is missing or lists no image: no val split written"
     ]
 

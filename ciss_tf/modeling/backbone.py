@@ -89,22 +89,25 @@ class ConvBN(keras.layers.Layer):
 
 
 class Bottleneck(keras.layers.Layer):
-    """ResNet v1 bottleneck; the stride sits on the first 1x1 conv or on the 3x3 conv."""
+    """ResNet v1 bottleneck; the stride sits on the first 1x1 conv or on the 3x3 conv.
+
+    Attributes:
+      filters: the block's output channels, `width * EXPANSION`.
+    """
 
     def __init__(self, width, stride, dilation, project, epsilon, stride_on="1x1", **kwargs):
         super().__init__(**kwargs)
+        self.filters = width * EXPANSION
         reduce_stride, conv3x3_stride = (stride, 1) if stride_on == "1x1" else (1, stride)
         self.reduce = ConvBN(width, 1, stride=reduce_stride, epsilon=epsilon, name="1x1_reduce")
         self.conv3x3 = ConvBN(
             width, 3, stride=conv3x3_stride, dilation=dilation, epsilon=epsilon, name="3x3"
         )
         self.increase = ConvBN(
-            width * EXPANSION, 1, relu=False, epsilon=epsilon, name="1x1_increase"
+            self.filters, 1, relu=False, epsilon=epsilon, name="1x1_increase"
         )
         self.proj = (
-            ConvBN(
-                width * EXPANSION, 1, stride=stride, relu=False, epsilon=epsilon, name="1x1_proj"
-            )
+            ConvBN(self.filters, 1, stride=stride, relu=False, epsilon=epsilon, name="1x1_proj")
             if project else None
         )
 
@@ -207,9 +210,7 @@ class DilatedResNet(keras.layers.Layer):
         shape = input_shape
         for layer in [*self.stem, *self.blocks()]:
             layer.build(shape)
-            shape = ops.channels_shape(
-                layer.filters if isinstance(layer, ConvBN) else layer.units()[-1].filters
-            )
+            shape = ops.channels_shape(layer.filters)
 
     @property
     def output_channels(self):
