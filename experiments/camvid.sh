@@ -3,9 +3,10 @@
 #   bash experiments/camvid.sh [RUNS_DIR]      (default runs/camvid; CamVid in ../shared/camvid)
 # Stage 1 once; stage 2 for every seed of SEEDS (default "0 1 2"): CiSS-Net (camvid), the
 # controls camvid_no_context, camvid_pmap and camvid_random_gate; for the first seed only
-# camvid_gated and two studies, camvid_t8 (T = 8) and camvid_fresh (the paper's fresh Base
-# Net); each in $RUNS/<run>_s<seed>. The recipe (steps, T, learning rates, ...)
-# is the flagfiles' alone: this script adds only paths, the seed and the random gate's rate.
+# camvid_gated and two studies, camvid_t8 (T = 8) and camvid_warm (the previous recipe: the
+# Base Net warm-started from the PSPNet head, 600 steps); each in $RUNS/<run>_s<seed>. The
+# recipe (steps, T, learning rates, ...) is the flagfiles' alone: this script adds only paths,
+# the seed and the random gate's rate.
 # Every step is skipped when its output exists, so an interrupted run continues (a training
 # cut short resumes from its last checkpoint).
 set -euo pipefail
@@ -66,10 +67,10 @@ for seed in $SEEDS; do
     'import json, sys; print(json.load(open(sys.argv[1]))["final_terms"]["kept_fraction"])' \
     "$RUNS/camvid_s$seed/train_summary.json")
   stage2 camvid_random_gate "$seed" --random_keep_rate="$rate"
-  [ "$seed" != "$FIRST_SEED" ] || stage2 camvid_gated "$seed"
 done
+stage2 camvid_gated "$FIRST_SEED"
 stage2 camvid_t8 "$FIRST_SEED"
-stage2 camvid_fresh "$FIRST_SEED"
+stage2 camvid_warm "$FIRST_SEED"
 
 # Export for TF Serving (the first seed's CiSS-Net; T and the input scale of camvid.flags,
 # images resized inside the graph).
