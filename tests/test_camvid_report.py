@@ -59,7 +59,7 @@ def test_results_json_has_the_contract_shape(tmp_path):
     _fake_runs(tmp_path, {
         "ciss": [0.53, 0.52, 0.54], "no_context": [0.51, 0.515, 0.52],
         "baseline_pmap": [0.51, 0.515, 0.52], "random_gate": [0.52, 0.52, None],
-        "gated": [0.525], "t8": [0.61], "fresh": [0.49],  # studies: report only
+        "gated": [0.525], "t8": [0.61], "warm": [0.49],  # studies: report only
     })
     results, scores = _results(tmp_path)
     path = str(tmp_path / "camvid_results.json")
@@ -205,7 +205,7 @@ def test_camvid_sh_runs_every_run_and_seed_once_with_the_measured_keep_rate(tmp_
     trainings = [c for c in calls if c.startswith("-m ciss_tf.train")]
     folders = sorted(c.split("--model_dir=")[1].split()[0].split("/")[-1] for c in trainings)
     assert folders == sorted(
-        ["pspnet", "camvid_gated_s0", "camvid_t8_s0", "camvid_fresh_s0"] + [
+        ["pspnet", "camvid_gated_s0", "camvid_t8_s0", "camvid_warm_s0"] + [
             f"{run}_s{seed}" for seed in (0, 1, 2)
             for run in ("camvid", "camvid_no_context", "camvid_pmap", "camvid_random_gate")
         ]
