@@ -92,6 +92,17 @@ flags.DEFINE_enum(
     "policy, value and losses stay in float32. mixed_float16 adds dynamic loss scaling "
     "(a step with non-finite gradients on any replica is skipped by all).",
 )
+flags.DEFINE_enum(
+    "backprop", "episode", list(config.BACKPROPS),
+    "Stage 2's backward pass: episode (one tape over the whole unroll: memory grows with "
+    "T) or per_step (the episode recorded without a tape, then each step recomputed and "
+    "differentiated on its own: memory flat in T, the same gradient; docs/performance.md).",
+)
+flags.DEFINE_integer(
+    "grad_accum_steps", 1,
+    "Micro-batches per update: each update's global --batch_size is split into N parts of "
+    "batch_size / N run one after the other, their gradients summed (the same update).",
+)
 flags.DEFINE_integer(
     "stop_at_step", None,
     "Checkpoint and stop at this step, leaving the schedule of --max_steps unchanged (for "
@@ -147,7 +158,8 @@ def config_from_flags(flag_values=FLAGS):
         imagenet_weights=fv.imagenet_weights, strategy=fv.strategy,
         num_cpu_devices=fv.num_cpu_devices, jit_compile=fv.jit_compile,
         mixed_precision=fv.mixed_precision, deterministic=fv.deterministic,
-        stop_at_step=fv.stop_at_step, checkpoint_every=fv.checkpoint_every,
+        stop_at_step=fv.stop_at_step, backprop=fv.backprop,
+        grad_accum_steps=fv.grad_accum_steps, checkpoint_every=fv.checkpoint_every,
         max_to_keep=fv.max_to_keep, log_every=fv.log_every,
         image_summary_every=fv.image_summary_every, eval_every=fv.eval_every,
         eval_images=fv.eval_images,

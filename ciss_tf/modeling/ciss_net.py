@@ -237,36 +237,27 @@ class CissNet(keras.Model):
         x = self.features(images)
         base_logits = self.base_net(x, training=training)
         # With no step to run (and no bootstrap), the X halves would be computed for nothing.
-        cache_features = cache_features and (num_steps > 0 or bootstrap)
-        if cache_features:
-            bias_x = self.bias_net.trunk.project_features(x)
-            context_x = self.context_net.trunk.project_features(x) if learned else None
-
-        def context_net(logits):
-            probabilities = tf.stop_gradient(tf.nn.softmax(tf.cast(logits, tf.float32)))
-            probabilities = tf.cast(probabilities, x.dtype)
-            if cache_features:
-                return self.context_net(context_x, probabilities, training=training)
-            return self.context_net.call_concat(x, probabilities, training=training)
+        if cache_features and (num_steps > 0 or bootstrap):
+            bias_x, context_x = self.project_features(x)
+        else:
+            bias_x = context_x = None
+        projected = bias_x is not None
+        bias_in = bias_x if projected else x
+        context_in = context_x if projected else x
 
         logits, contexts, actions, policies, values = [base_logits], [], [], [], []
         for t in range(num_steps):
-            prediction = tf.argmax(logits[-1], axis=-1, output_type=tf.int32)
             policy_logits = None
             if learned:
-                policy_logits, value = context_net(logits[-1])
+                policy_logits, value = self.policy_and_value(
+                    context_in, logits[-1], training, projected
+                )
                 policies.append(policy_logits)
                 values.append(value)
-            action = context_actions(
-                self.context_mode, prediction, t, policy_logits=policy_logits, sample=sample,
-                sample_ids=sample_ids, seed=seed, random_keep_rate=self.random_keep_rate,
+            action, context = self.act(
+                t, logits[-1], policy_logits, sample=sample, sample_ids=sample_ids, seed=seed
             )
-            context = action * (prediction + 1)
-            if cache_features:
-                bias = self.bias_net(bias_x, context, training=training)
-            else:
-                bias = self.bias_net.call_concat(x, context, training=training)
-            logits.append(base_logits + bias)
+            logits.append(base_logits + self.bias_logits(bias_in, context, training, projected))
             contexts.append(context)
             actions.append(action)
 
@@ -279,8 +270,42 @@ class CissNet(keras.Model):
             outputs["policy_logits"] = _stack(policies, tf.float32, base_logits, (2,))
             outputs["values"] = _stack(values, tf.float32, base_logits)
             if bootstrap:
-                outputs["bootstrap_value"] = context_net(logits[-1])[1]
+                outputs["bootstrap_value"] = self.policy_and_value(
+                    context_in, logits[-1], training, projected
+                )[1]
         return outputs
+
+    # The pieces of one unrolled step, shared by `call` and the per-step backward pass
+    # (`training/per_step.py`), which recomputes each step on its own. `features` is `X`
+    # or, when it comes from `project_features`, the X half of the net's first conv.
+
+    def project_features(self, x):
+        """The X halves of the Bias and Context Nets' first convs (None: no Context Net)."""
+        context_x = self.context_net.trunk.project_features(x) if self.context_net else None
+        return self.bias_net.trunk.project_features(x), context_x
+
+    def policy_and_value(self, features, logits, training, projected=True):
+        """`pi_t` (logits `[B, h, w, 2]`) and `V_t` from the p-map of `logits` (no gradient)."""
+        probabilities = tf.stop_gradient(tf.nn.softmax(tf.cast(logits, tf.float32)))
+        probabilities = tf.cast(probabilities, features.dtype)
+        if projected:
+            return self.context_net(features, probabilities, training=training)
+        return self.context_net.call_concat(features, probabilities, training=training)
+
+    def bias_logits(self, features, context, training, projected=True):
+        """`bias_net(X, K_t)`: the correction added to the Base Net's logits."""
+        if projected:
+            return self.bias_net(features, context, training=training)
+        return self.bias_net.call_concat(features, context, training=training)
+
+    def act(self, step, logits, policy_logits, *, sample, sample_ids=None, seed=0):
+        """The actions `B_t` and the context map `K_t = B_t * (argmax(logits_t) + 1)`."""
+        prediction = tf.argmax(logits, axis=-1, output_type=tf.int32)
+        action = context_actions(
+            self.context_mode, prediction, step, policy_logits=policy_logits, sample=sample,
+            sample_ids=sample_ids, seed=seed, random_keep_rate=self.random_keep_rate,
+        )
+        return action, action * (prediction + 1)
 
     def get_config(self):
         return {

@@ -13,6 +13,7 @@ OPTIMIZERS = ("sgd", "adamw")
 BASE_INITS = ("fresh", "pspnet")
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+BACKPROPS = ("episode", "per_step")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +70,9 @@ class TrainConfig:
       base_init: stage 2: "fresh" Base Net, or "pspnet" (its convs from the PSPNet head).
       imagenet_weights: stage 1: a Keras ResNet ImageNet weights file for the backbone.
       stop_at_step: checkpoint and stop here, the schedule still that of `max_steps`.
+      backprop: stage 2: "episode" (one tape over the unroll) or "per_step" (memory flat in
+        T, `training/per_step.py`); the same gradient.
+      grad_accum_steps: micro-batches per update (`data.batch_size` stays the update's).
       Others: as the `ciss_tf.train` flags of the same names say.
     """
 
@@ -90,6 +94,8 @@ class TrainConfig:
     mixed_precision: str = "float32"
     deterministic: bool = False
     stop_at_step: int | None = None
+    backprop: str = "episode"
+    grad_accum_steps: int = 1
     checkpoint_every: int = 1000
     max_to_keep: int = 5
     log_every: int = 20
@@ -98,6 +104,13 @@ class TrainConfig:
     eval_images: int = 50
 
     def __post_init__(self):
+        if self.backprop not in BACKPROPS:
+            raise ValueError(f"--backprop must be one of {BACKPROPS}, got {self.backprop!r}")
+        if self.grad_accum_steps < 1 or self.data.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"--grad_accum_steps={self.grad_accum_steps} must be at least 1 and divide "
+                f"--batch_size={self.data.batch_size}"
+            )
         stage2 = self.model.stage == "ciss"
         if stage2 and self.model.context_mode == "learned" and self.unroll_steps < 1:
             raise ValueError(

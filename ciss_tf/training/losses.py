@@ -58,9 +58,13 @@ def ciss_loss(outputs, labels, *, global_batch_size, gamma=0.9, lambda1=1.0, lam
               beta1=0.4, beta2=0.2, window=5, ignore_label=255):
     """Eq. 7: `L = L_p + L_v + lambda1 L_s + lambda2 L_e` over an unrolled episode.
 
+    The sum over steps of `step_terms`, with the returns of `episode_returns`: the
+    per-step backward pass (`training/per_step.py`) adds up the same pieces one step at a
+    time.
+
     Args:
       outputs: the dict returned by `CissNet(..., training=True)`; without `policy_logits`
-        (the "pmap" and "none" modes) only the segmentation term is used.
+        (the "pmap", "none" and "random" modes) only the segmentation term is used.
       labels: int `[B, H, W]` at the input resolution.
       global_batch_size: images in the global batch (all replicas).
       gamma, lambda1, lambda2, beta1, beta2, window: SPEC.md sections 3 and 4.
@@ -72,44 +76,104 @@ def ciss_loss(outputs, labels, *, global_batch_size, gamma=0.9, lambda1=1.0, lam
       `return`, `value_estimate`, `policy_entropy`, `kept_fraction`, and
       `segmentation_t<i>` for every step.
     """
-    logits = outputs["logits"]
-    steps_plus_one, batch = logits.shape[0], tf.shape(logits)[1]
-    height_width = ops.spatial_size(logits[0])
     scale = 1.0 / global_batch_size
-    flat = tf.reshape(logits, tf.concat([[-1], tf.shape(logits)[2:]], 0))
-    tiled_labels = tf.tile(labels, [steps_plus_one, 1, 1])
-    per_step = tf.reshape(segmentation_loss(flat, tiled_labels, ignore_label), [-1, batch])
-    terms = {
-        f"segmentation_t{t}": tf.reduce_sum(per_step[t]) * scale for t in range(steps_plus_one)
-    }
-    terms["segmentation"] = tf.reduce_sum(per_step) * scale
-    steps = float(max(steps_plus_one - 1, 1))
-    terms["kept_fraction"] = _mean_per_image(outputs["actions"], scale) / steps
-    if "policy_logits" not in outputs:
-        terms["total"] = lambda1 * terms["segmentation"]
-        return terms
+    logits = outputs["logits"]
+    learned = "policy_logits" in outputs
+    rewards = returns = None
+    if learned:
+        rewards, returns = episode_returns(
+            outputs, labels, gamma=gamma, beta1=beta1, beta2=beta2, window=window,
+            ignore_label=ignore_label,
+        )
+    per_step = []
+    for t in range(logits.shape[0]):
+        acts = learned and t < logits.shape[0] - 1
+        per_step.append(step_terms(
+            logits[t], labels, scale=scale, ignore_label=ignore_label,
+            policy_logits=outputs["policy_logits"][t] if acts else None,
+            values=outputs["values"][t] if acts else None,
+            actions=outputs["actions"][t] if acts else None,
+            returns=returns[t] if acts else None,
+        ))
+    return episode_terms(per_step, outputs, rewards, returns, scale=scale, lambda1=lambda1,
+                         lambda2=lambda2)
 
-    small_labels = ops.resize_labels(tf.cast(labels, tf.int32), height_width)
+
+def episode_returns(outputs, labels, *, gamma, beta1, beta2, window, ignore_label):
+    """The rewards r_t (Eq. 4) and returns R_t (Eq. 5) of an episode, both `[T, B, h, w]`.
+
+    Constants of the loss: they depend on the p-maps' class ids, the context maps, the
+    labels and the bootstrap value `V_T`, none of which passes a gradient.
+    """
+    logits = outputs["logits"]
+    small_labels = ops.resize_labels(tf.cast(labels, tf.int32), ops.spatial_size(logits[0]))
     predictions = tf.argmax(logits, axis=-1, output_type=tf.int32)
     rewards = tf.stack([
         rl.context_reward(
             predictions[t], predictions[t + 1], small_labels, outputs["context"][t],
             window=window, beta1=beta1, beta2=beta2, ignore_label=ignore_label,
         )
-        for t in range(steps_plus_one - 1)
+        for t in range(logits.shape[0] - 1)
     ])
-    returns = rl.discounted_returns(
-        rewards, tf.stop_gradient(outputs["bootstrap_value"]), gamma
-    )
-    pixel_terms = rl.actor_critic_terms(
-        outputs["policy_logits"], outputs["values"], outputs["actions"], returns
-    )
+    returns = rl.discounted_returns(rewards, outputs["bootstrap_value"], gamma)
+    return tf.stop_gradient(rewards), tf.stop_gradient(returns)
+
+
+def step_terms(logits, labels, *, scale, ignore_label=255, policy_logits=None, values=None,
+               actions=None, returns=None):
+    """The loss terms of one unrolled step t, reduced as the module says.
+
+    Args:
+      logits: `logits_t`, float `[B, h, w, Nc]`.
+      labels: int `[B, H, W]`.
+      scale: 1 / the global batch size.
+      ignore_label: label value left out of the cross-entropy.
+      policy_logits, values, actions, returns: step t's `pi_t` logits `[B, h, w, 2]`,
+        `V_t`, `B_t` and `R_t` `[B, h, w]`; None at t = T and in the modes without RL.
+
+    Returns:
+      A dict of float32 scalars: `segmentation` and, given the policy, `policy`, `value`
+      and `entropy` (unweighted).
+    """
+    terms = {"segmentation": tf.reduce_sum(segmentation_loss(logits, labels, ignore_label))
+             * scale}
+    if policy_logits is not None:
+        pixel_terms = rl.actor_critic_terms(
+            policy_logits[None], values[None], actions[None], returns[None]
+        )
+        for name in ("policy", "value", "entropy"):
+            terms[name] = _mean_per_image(pixel_terms[name], scale)
+    return terms
+
+
+def weighted_total(terms, *, lambda1, lambda2):
+    """Eq. 7's weighted sum of the loss terms in `terms` (missing terms count 0)."""
+    total = lambda1 * terms["segmentation"]
+    for name, weight in (("policy", 1.0), ("value", 1.0), ("entropy", lambda2)):
+        if name in terms:
+            total += weight * terms[name]
+    return total
+
+
+def episode_terms(per_step, outputs, rewards, returns, *, scale, lambda1, lambda2):
+    """`ciss_loss`'s dict from the `step_terms` of t = 0..T and the episode's statistics.
+
+    Args:
+      per_step: `step_terms` of every step t = 0..T, in order.
+      outputs: the episode (`actions`, and `values` in "learned" mode).
+      rewards, returns: `episode_returns`, or None without RL.
+      scale, lambda1, lambda2: as `ciss_loss`.
+    """
+    terms = {f"segmentation_t{t}": step["segmentation"] for t, step in enumerate(per_step)}
+    terms["segmentation"] = tf.add_n(list(terms.values()))
+    steps = float(max(len(per_step) - 1, 1))
+    terms["kept_fraction"] = _mean_per_image(outputs["actions"], scale) / steps
+    if rewards is None:
+        terms["total"] = lambda1 * terms["segmentation"]
+        return terms
     for name in ("policy", "value", "entropy"):
-        terms[name] = _mean_per_image(pixel_terms[name], scale)
-    terms["total"] = (
-        terms["policy"] + terms["value"] + lambda1 * terms["segmentation"]
-        + lambda2 * terms["entropy"]
-    )
+        terms[name] = tf.add_n([step[name] for step in per_step if name in step])
+    terms["total"] = weighted_total(terms, lambda1=lambda1, lambda2=lambda2)
     terms["reward"] = _mean_per_image(rewards, scale) / steps
     terms["return"] = _mean_per_image(returns, scale) / steps
     terms["value_estimate"] = _mean_per_image(outputs["values"], scale) / steps

@@ -12,12 +12,13 @@ any task under `tf.distribute` (step, checkpoints, resume, logging) without know
 """
 
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from ciss_tf.convert import imagenet
 from ciss_tf.data import datasets, preprocessing
 from ciss_tf.modeling import checkpoints, config, inference, ops
-from ciss_tf.training import losses
+from ciss_tf.training import losses, per_step
 from ciss_tf.training.optimizers import VariableGroup
 
 _IMAGENET_DEPTHS = {"resnet50": 50, "resnet101": 101}
@@ -63,6 +64,17 @@ class Task:
     def loss(self, outputs, labels, global_batch_size):
         """A dict of float32 scalars with the loss to minimise as `total`."""
         raise NotImplementedError
+
+    def gradients(self, model, batch, variables, global_batch_size, scale_loss):
+        """The loss terms of a replica's batch and the gradients of `scale_loss(total)`.
+
+        One tape over the forward pass and the loss (replica context).
+        """
+        with tf.GradientTape() as tape:
+            outputs = self.forward(model, batch, training=True)
+            terms = self.loss(outputs, batch["label"], global_batch_size)
+            scaled = scale_loss(terms["total"])
+        return terms, tape.gradient(scaled, variables)
 
     @property
     def eval_steps(self):
@@ -162,6 +174,16 @@ class CissTask(Task):
             outputs, labels, global_batch_size=global_batch_size, gamma=reward.gamma,
             lambda1=reward.lambda1, lambda2=reward.lambda2, beta1=reward.beta1,
             beta2=reward.beta2, window=reward.window, ignore_label=self.info.ignore_label,
+        )
+
+    def gradients(self, model, batch, variables, global_batch_size, scale_loss):
+        """`Task.gradients`, or with `--backprop=per_step` one step at a time (same value)."""
+        if self.cfg.backprop == "episode":
+            return super().gradients(model, batch, variables, global_batch_size, scale_loss)
+        return per_step.gradients(
+            model, batch, variables, global_batch_size=global_batch_size,
+            num_steps=self.cfg.unroll_steps, seed=self.cfg.seed, reward=self.cfg.reward,
+            ignore_label=self.info.ignore_label, scale_loss=scale_loss,
         )
 
     @property

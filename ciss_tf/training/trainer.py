@@ -24,7 +24,7 @@ from absl import logging
 from ciss_tf.data import datasets, input_pipeline
 from ciss_tf.evaluation import evaluator
 from ciss_tf.modeling import checkpoints
-from ciss_tf.training import optimizers, summaries, tasks
+from ciss_tf.training import gradients, optimizers, summaries, tasks
 
 
 class NonFiniteLossError(RuntimeError):
@@ -61,10 +61,11 @@ class Trainer:
         self.cfg = cfg
         self.info = task.info
         self.global_batch = cfg.data.batch_size
-        if self.global_batch % strategy.num_replicas_in_sync:
+        if self.global_batch % (strategy.num_replicas_in_sync * cfg.grad_accum_steps):
             raise ValueError(
                 f"--batch_size={self.global_batch} is not divisible by the "
-                f"{strategy.num_replicas_in_sync} replicas"
+                f"{strategy.num_replicas_in_sync} replicas times --grad_accum_steps="
+                f"{cfg.grad_accum_steps}"
             )
         with strategy.scope():
             self.model = task.build_model()
@@ -85,21 +86,30 @@ class Trainer:
         )
 
     def replica_step(self, batch):
-        """Forward, the task's loss, backward and update on one replica's batch."""
+        """Forward, the task's loss, backward and update on one replica's batch.
+
+        With `--grad_accum_steps=N` the batch runs as N micro-batches whose gradients add
+        up to the whole batch's (`gradients.accumulate`); the optimizers step once.
+        """
+        optimizer = self.optimizers[0]
+        # The groups' loss scales are equal (see `make_group_optimizers`): one scales.
+        scale_loss = (
+            optimizer.scale_loss
+            if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else tf.identity
+        )
+        terms, grads = gradients.accumulate(
+            lambda micro: self.task.gradients(
+                self.model, micro, self.variables, self.global_batch, scale_loss
+            ),
+            batch, self.cfg.grad_accum_steps,
+        )
         with tf.GradientTape() as tape:
-            outputs = self.task.forward(self.model, batch, training=True)
-            terms = self.task.loss(outputs, batch["label"], self.global_batch)
             # Replica gradients are summed: each replica carries 1/N of the decay.
             decay = (optimizers.weight_decay_loss(self.variables, self.cfg.optimizer)
                      / self.strategy.num_replicas_in_sync)
-            loss = terms["total"] + decay
-            # The groups' loss scales are equal (see `make_group_optimizers`): one scales.
-            scaled = (
-                self.optimizers[0].scale_loss(loss)
-                if isinstance(self.optimizers[0], keras.optimizers.LossScaleOptimizer) else loss
-            )
-        gradients = tape.gradient(scaled, self.variables)
-        optimizers.apply_group_gradients(self.groups, self.optimizers, gradients)
+            scaled = scale_loss(decay)
+        grads = gradients.add_gradients(grads, tape.gradient(scaled, self.variables))
+        optimizers.apply_group_gradients(self.groups, self.optimizers, grads)
         terms["weight_decay"] = decay
         return terms
 
