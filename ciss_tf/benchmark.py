@@ -16,7 +16,8 @@ import sys
 
 from absl import app, flags
 
-from ciss_tf import train  # noqa: F401  (--unroll_steps, --jit_compile, --mixed_precision)
+# --unroll_steps, --jit_compile, --mixed_precision, --backprop, --grad_accum_steps
+from ciss_tf import train  # noqa: F401
 from ciss_tf.tools import benchmark, benchmark_report, cli
 
 FLAGS = flags.FLAGS
@@ -49,6 +50,13 @@ def define_flags():
     flags.DEFINE_integer("train_batch", 2, "Global batch of the training steps.")
     flags.DEFINE_integer("train_repeats", 2, "Timed training steps (after one warm-up step).")
     flags.DEFINE_integer("pipeline_batches", 20, "Timed input-pipeline batches.")
+    flags.DEFINE_list("train_stages", ["pspnet", "ciss"], "Stages the train section measures.")
+    flags.DEFINE_list(
+        "train_sweep", ["1", "2", "4", "8"],
+        "T values at which the train section also measures stage 2 (step time and peak "
+        "memory), in every mode of --train_backprops; empty: no sweep.",
+    )
+    flags.DEFINE_list("train_backprops", ["episode", "per_step"], "Modes of the T sweep.")
 
 
 def config_from_flags(flag_values=FLAGS):
@@ -72,6 +80,10 @@ def config_from_flags(flag_values=FLAGS):
         steps = tuple(sorted({int(t) for t in fv.steps}))
     except ValueError:
         raise ValueError(f"--steps must be integers; got {fv.steps}") from None
+    try:
+        sweep = tuple(int(t) for t in fv.train_sweep)
+    except ValueError:
+        raise ValueError(f"--train_sweep must be integers; got {fv.train_sweep}") from None
     if fv.output_json and not os.path.isdir(os.path.dirname(fv.output_json) or "."):
         raise ValueError(f"--output_json={fv.output_json}: its folder does not exist")
     return benchmark.BenchmarkConfig(
@@ -79,8 +91,10 @@ def config_from_flags(flag_values=FLAGS):
         repeats=fv.repeats, warmup=fv.warmup, sections=tuple(fv.sections),
         winograd_min_channels=fv.winograd_min_channels, train_batch=fv.train_batch,
         train_repeats=fv.train_repeats, pipeline_batches=fv.pipeline_batches,
-        unroll_steps=fv.unroll_steps, jit_compile=fv.jit_compile,
-        mixed_precision=fv.mixed_precision,
+        train_stages=tuple(fv.train_stages), train_sweep=sweep,
+        train_backprops=tuple(fv.train_backprops), unroll_steps=fv.unroll_steps,
+        jit_compile=fv.jit_compile, mixed_precision=fv.mixed_precision,
+        backprop=fv.backprop, grad_accum_steps=fv.grad_accum_steps,
     )
 
 

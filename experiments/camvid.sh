@@ -34,13 +34,16 @@ finished() {
 finished "$RUNS/pspnet" ||
   $PY -m ciss_tf.train --flagfile=experiments/camvid_pspnet.flags --data_dir="$DATA" \
     --model_dir="$RUNS/pspnet" 2>&1 | tee -a "$RUNS/pspnet.log"
-[ -e "$RUNS/pspnet/eval.json" ] ||
-  $PY -m ciss_tf.evaluate --flagfile=experiments/camvid_pspnet.flags --data_dir="$DATA" \
-    --checkpoint="$RUNS/pspnet" --eval_steps=0 \
-    --output_json="$RUNS/pspnet/eval.json"
+# Every run is scored on val (eval.json) and on the test split (eval_test.json).
+for split in val test; do
+  out=$RUNS/pspnet/eval$([ $split = val ] || echo _$split).json
+  [ -e "$out" ] ||
+    $PY -m ciss_tf.evaluate --flagfile=experiments/camvid_pspnet.flags --data_dir="$DATA" \
+      --checkpoint="$RUNS/pspnet" --eval_steps=0 --split=$split --output_json="$out"
+done
 
-# Stage 2 run $1 with seed $2 (extra flags after): train, then score at the original
-# 480x360 with the net seeing each image at the training scale (the flagfiles'
+# Stage 2 run $1 with seed $2 (extra flags after): train, then score val and test at the
+# original 480x360 with the net seeing each image at the training scale (the flagfiles'
 # --input_scale), t = 0..6.
 stage2() {
   local run=$1 seed=$2
@@ -50,10 +53,13 @@ stage2() {
     $PY -m ciss_tf.train --flagfile="experiments/$run.flags" --data_dir="$DATA" \
       --model_dir="$dir" --init_checkpoint="$RUNS/pspnet" --seed="$seed" "$@" 2>&1 |
       tee -a "$dir.log"
-  [ -e "$dir/eval.json" ] ||
-    $PY -m ciss_tf.evaluate --flagfile="experiments/$run.flags" --data_dir="$DATA" \
-      --checkpoint="$dir" --eval_steps=$EVAL_STEPS "$@" \
-      --output_json="$dir/eval.json"
+  local split out
+  for split in val test; do
+    out=$dir/eval$([ $split = val ] || echo _$split).json
+    [ -e "$out" ] ||
+      $PY -m ciss_tf.evaluate --flagfile="experiments/$run.flags" --data_dir="$DATA" \
+        --checkpoint="$dir" --eval_steps=$EVAL_STEPS --split=$split "$@" --output_json="$out"
+  done
 }
 
 FIRST_SEED=${SEEDS%% *}

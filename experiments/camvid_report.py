@@ -100,11 +100,14 @@ def read_steps(path):
         return json.load(f)["steps"]
 
 
-def collect_scores(runs, seeds):
-    """`{run key: [eval steps or None per seed of `seeds`]}` read from the run folders."""
+def collect_scores(runs, seeds, name="eval.json"):
+    """`{run key: [eval steps or None per seed of `seeds`]}` read from the run folders.
+
+    `name`: `eval.json` (val) or `eval_test.json` (the test split).
+    """
     return {
         run.key: [
-            read_steps(os.path.join(run_dir(runs, run, seed), "eval.json"))
+            read_steps(os.path.join(run_dir(runs, run, seed), name))
             if seed in run.seeds(seeds) else None
             for seed in seeds
         ]
@@ -112,18 +115,8 @@ def collect_scores(runs, seeds):
     }
 
 
-def results_json(pspnet_steps, scores, seeds, recipe):
-    """The CONTRACT.md dict of `experiments/camvid_results.json`.
-
-    Args:
-      pspnet_steps: the stage-1 PSPNet's `eval.json` steps.
-      scores: `collect_scores(...)`.
-      seeds: the seeds, in order.
-      recipe: how the numbers were produced (flagfiles, command).
-
-    Returns:
-      `{"pspnet_miou", "t2_miou": {key: [per seed]}, "t0_miou": {...}, "seeds", "recipe"}`.
-    """
+def split_block(pspnet_steps, scores):
+    """`{"pspnet_miou", "t2_miou": {key: [per seed]}, "t0_miou": {...}}` of one split."""
     def miou(step):
         return {
             run.key: [None if s is None else s[step]["miou"] for s in scores[run.key]]
@@ -134,9 +127,29 @@ def results_json(pspnet_steps, scores, seeds, recipe):
         "pspnet_miou": pspnet_steps["0"]["miou"],
         "t2_miou": miou(HEADLINE_STEP),
         "t0_miou": miou("0"),
-        "seeds": [int(s) for s in seeds],
-        "recipe": recipe,
     }
+
+
+def results_json(pspnet_steps, scores, seeds, recipe, test=None):
+    """The CONTRACT.md dict of `experiments/camvid_results.json`.
+
+    Args:
+      pspnet_steps: the stage-1 PSPNet's `eval.json` steps (val).
+      scores: `collect_scores(...)` of val.
+      seeds: the seeds, in order.
+      recipe: how the numbers were produced (flagfiles, command).
+      test: (the PSPNet's steps, `collect_scores(..., "eval_test.json")`) of the test
+        split, or None when it was not evaluated.
+
+    Returns:
+      `{"pspnet_miou", "t2_miou": {key: [per seed]}, "t0_miou": {...}, "seeds", "recipe"}`
+      on val, and the same numbers on the test split under `"test"`.
+    """
+    results = split_block(pspnet_steps, scores)
+    results.update(seeds=[int(s) for s in seeds], recipe=recipe)
+    if test is not None:
+        results["test"] = split_block(*test)
+    return results
 
 
 def mean_std(values):
@@ -162,7 +175,7 @@ class Target:
 
 
 def targets(results):
-    """The targets of issue 19 judged on `results_json(...)` (mIoU points at t = 2).
+    """The targets judged on one split's block of `results_json(...)` (mIoU at t = 2).
 
     CiSS-Net's mean over seeds must be: at least `TARGET_GAIN` above the stage-1 PSPNet;
     at least `TARGET_GAIN` above "no context"; at least `TARGET_GAIN` above "Baseline +
@@ -209,21 +222,22 @@ def _mean_pm_std(values):
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def score_tables(results, scores, info, pspnet_iou):
-    """Markdown lines: targets, the headline table, every step, per-class IoU.
+def score_tables(results, scores, info, pspnet_iou, seeds, split="val"):
+    """Markdown lines of one split: targets, the headline table, every step, per class.
 
     Args:
-      results: `results_json(...)`.
-      scores: `collect_scores(...)`.
+      results: that split's block of `results_json(...)`.
+      scores: `collect_scores(...)` of that split.
       info: the CamVid `DatasetSpec` (class names).
-      pspnet_iou: the stage-1 PSPNet's IoU per class (its `eval.json`).
+      pspnet_iou: the stage-1 PSPNet's IoU per class on that split.
+      seeds: the seeds, in order.
+      split: "val" or "test" (the headings).
     """
-    seeds = results["seeds"]
-    lines = ["## Issue 19 targets (mIoU points at t = 2, mean over seeds)", "",
+    lines = [f"## Targets on {split} (mIoU points at t = 2, mean over seeds)", "",
              "| target | met | numbers |", "|---|---|---|"]
     lines += [f"| {t.text} | {'met' if t.met else 'MISSED'} | {t.numbers} |"
               for t in targets(results)]
-    lines += ["", f"## mIoU on CamVid val (%, mean ± std over seeds {seeds})", "",
+    lines += ["", f"## mIoU on CamVid {split} (%, mean ± std over seeds {seeds})", "",
               "| method | t = 0 | t = 2 | t = 2 per seed |", "|---|---|---|---|",
               f"| PSPNet (stage 1, its own head) | {100 * results['pspnet_miou']:.2f} | - | - |"]
     for run in RUNS:
@@ -231,7 +245,7 @@ def score_tables(results, scores, info, pspnet_iou):
         per_seed = " / ".join("-" if v is None else f"{v:.2f}" for v in t2)
         lines.append(f"| {run.label} | {_mean_pm_std(_points(results['t0_miou'][run.key]))} "
                      f"| {_mean_pm_std(t2)} | {per_seed} |")
-    lines += ["", "## mIoU at every step t (%, mean ± std over seeds)", "",
+    lines += ["", f"## mIoU on {split} at every step t (%, mean ± std over seeds)", "",
               "| method | " + " | ".join(f"t = {t}" for t in EVAL_STEPS) + " |",
               "|---|" + "---|" * len(EVAL_STEPS)]
     for run in ALL_RUNS:
@@ -241,13 +255,13 @@ def score_tables(results, scores, info, pspnet_iou):
             for t in EVAL_STEPS
         ]
         lines.append(f"| {run.label} | " + " | ".join(cells) + " |")
-    return lines + per_class_table(scores, info, pspnet_iou)
+    return lines + per_class_table(scores, info, pspnet_iou, split)
 
 
-def per_class_table(scores, info, pspnet_iou):
+def per_class_table(scores, info, pspnet_iou, split="val"):
     """Markdown lines: IoU per class (%, mean over seeds): PSPNet, CiSS-Net's t = 0, t = 2."""
     header = ["class", "PSPNet", "CiSS-Net t = 0"] + [f"{run.label} t = 2" for run in RUNS]
-    lines = ["", "## Per-class IoU (%, mean over seeds)", "",
+    lines = ["", f"## Per-class IoU on {split} (%, mean over seeds)", "",
              "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for c, name in enumerate(info.class_names):
         cells = [_iou_cell([pspnet_iou[c]]),
@@ -366,7 +380,8 @@ def recipe(seeds):
         f"experiments/camvid.flags [{flagfile_settings('camvid')}] with --seed=<seed>, and "
         "the controls camvid_no_context, camvid_pmap, camvid_random_gate (--random_keep_rate "
         "= the seed's CiSS-Net sampled kept fraction at the end of training), camvid_gated "
-        "(first seed only); scored on CamVid val at 480x360 with --eval_scales=0.5, greedy"
+        "(first seed only); scored on CamVid test (233 images) and val (101) at 480x360 "
+        "with --eval_scales=0.5, greedy"
     )
 
 
@@ -385,9 +400,16 @@ def main(argv):
     seeds = [int(s) for s in FLAGS.seeds]
     pspnet = read_steps(os.path.join(FLAGS.runs, "pspnet", "eval.json"))
     scores = collect_scores(FLAGS.runs, seeds)
-    results = results_json(pspnet, scores, seeds, recipe(seeds))
+    pspnet_test = read_steps(os.path.join(FLAGS.runs, "pspnet", "eval_test.json"))
+    test_scores = collect_scores(FLAGS.runs, seeds, "eval_test.json")
+    results = results_json(pspnet, scores, seeds, recipe(seeds),
+                           test=(pspnet_test, test_scores) if pspnet_test else None)
     write_json(results, FLAGS.results_json)
-    lines = score_tables(results, scores, info, pspnet["0"]["iou"])
+    lines = []
+    if pspnet_test:
+        lines += score_tables(results["test"], test_scores, info, pspnet_test["0"]["iou"],
+                              seeds, "test") + [""]
+    lines += score_tables(results, scores, info, pspnet["0"]["iou"], seeds, "val")
     gate_lines, unroll = gate_table(FLAGS.runs, seeds, info)
     lines += gate_lines + wall_time_table(FLAGS.runs, seeds)
     version, served = served_scores(info)
@@ -415,10 +437,14 @@ def results_markdown(tables, notes, seeds, figure):
 Written by `experiments/camvid_report.py` from the runs of `bash experiments/camvid.sh`
 (the prose after the tables comes from `experiments/camvid_notes.md`): every number below
 is read from the runs, so this file and `experiments/camvid_results.json` cannot disagree.
-CamVid (`../shared/camvid`: SegNet split, 367 train / 101 val images of 480x360, 11
-classes, void ignored) is the real benchmark of this project; mIoU is scored on val at the
-original 480x360. Stage 1 trains once; stage 2 runs CiSS-Net and its controls on the same
-frozen features with seeds {seed_list}.
+CamVid (`../shared/camvid`: SegNet split, 367 train / 101 val / 233 test images of 480x360,
+11 classes, void ignored) is the real benchmark of this project; mIoU is scored at the
+original 480x360 on the test split first, then on val. Val is sequence 0016E5 only, the
+sequence of 204 of the 367 training images: it measures fit to a seen sequence. Test is
+0001TP (62) and Seq05VD (171), a sequence no training image comes from: it measures the
+cross-sequence generalisation that CamVid results in the literature report. Recipes are
+chosen on val; test is evaluated once per finished recipe. Stage 1 trains once; stage 2
+runs CiSS-Net and its controls on the same frozen features with seeds {seed_list}.
 
 ```bash
 bash experiments/camvid.sh runs/camvid            # CamVid read from ../shared/camvid (CAMVID=...)

@@ -92,7 +92,9 @@ def _flag_values(**overrides):
         preset="paper", output_json=None, image_size=None, batch=1, steps=["0", "1", "2", "4"],
         repeats=3, warmup=1, sections=list(benchmark.SECTIONS), winograd_min_channels=512,
         train_batch=2, train_repeats=2, pipeline_batches=20, unroll_steps=8,
-        jit_compile=False, mixed_precision="float32",
+        jit_compile=False, mixed_precision="float32", train_stages=["pspnet", "ciss"],
+        train_sweep=["1", "2", "4", "8"], train_backprops=["episode", "per_step"],
+        backprop="episode", grad_accum_steps=1,
     )
     return types.SimpleNamespace(**{**values, **overrides})
 
@@ -108,6 +110,17 @@ def test_flags_make_the_config(tmp_path):
         benchmark_command.config_from_flags(_flag_values(output_json="/nonexistent/dir/b.json"))
     with pytest.raises(ValueError, match="--image_size"):
         benchmark_command.config_from_flags(_flag_values(image_size=["16"]))
+    cfg = benchmark_command.config_from_flags(_flag_values(
+        train_stages=["ciss"], train_sweep=["8", "1"], train_backprops=["per_step"],
+        backprop="per_step", grad_accum_steps=2,
+    ))
+    assert (cfg.train_stages, cfg.train_sweep, cfg.train_backprops) == (
+        ("ciss",), (8, 1), ("per_step",))
+    assert (cfg.backprop, cfg.grad_accum_steps) == ("per_step", 2)
+    for bad in (dict(train_sweep=["0"]), dict(train_sweep=["x"]),
+                dict(train_backprops=["tape"]), dict(train_stages=["stage3"])):
+        with pytest.raises(ValueError, match="--train_"):
+            benchmark_command.config_from_flags(_flag_values(**bad))
 
 
 def test_bad_steps_exit_with_one_line():
@@ -118,18 +131,23 @@ def test_bad_steps_exit_with_one_line():
 def test_training_probe_trains_what_the_train_command_would():
     for stage in ("pspnet", "ciss"):
         probe = train_probe.TrainProbe(stage, "tiny", "synthetic", (64, 48), 2, 3, 1,
-                                       mixed_precision="mixed_bfloat16")
+                                       mixed_precision="mixed_bfloat16", backprop="per_step",
+                                       grad_accum_steps=2)
         assert probe.train_config() == train.parse_config([
             f"--stage={stage}", "--preset=tiny", "--dataset=synthetic", "--crop_size=64,48",
             "--batch_size=2", "--unroll_steps=3", "--mixed_precision=mixed_bfloat16",
+            "--backprop=per_step", "--grad_accum_steps=2",
         ]), stage
 
 
 @pytest.mark.slow
 def test_full_tiny_run_with_training_and_memory():
     results = benchmark.run_benchmark(
-        benchmark.BenchmarkConfig(preset="tiny", repeats=1, train_repeats=1)
+        benchmark.BenchmarkConfig(preset="tiny", repeats=1, train_repeats=1, train_sweep=(1, 4))
     )
+    assert [(r["unroll_steps"], r["backprop"]) for r in results["train_sweep"]] == [
+        (1, "episode"), (1, "per_step"), (4, "episode"), (4, "per_step")]
+    assert "T=4 per_step" in benchmark_report.format_table(results)
     for stage in ("pspnet", "ciss"):
         probe = results["train"][stage]
         assert probe["images_per_second"] == pytest.approx(

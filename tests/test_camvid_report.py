@@ -27,7 +27,7 @@ INFO = datasets.get_dataset_info("camvid")
 SEEDS = [0, 1, 2]
 
 
-def _write_eval(folder, t2_miou, t0_miou=0.4):
+def _write_eval(folder, t2_miou, t0_miou=0.4, name="eval.json"):
     """An eval.json whose steps 2..6 score `t2_miou`, steps 0 and 1 `t0_miou`."""
     os.makedirs(folder, exist_ok=True)
     steps = {
@@ -35,7 +35,7 @@ def _write_eval(folder, t2_miou, t0_miou=0.4):
                  "iou": [t2_miou] * (INFO.num_classes - 1) + [None]}
         for t in range(7)
     }
-    with open(os.path.join(folder, "eval.json"), "w") as f:
+    with open(os.path.join(folder, name), "w") as f:
         json.dump({"steps": steps}, f)
 
 
@@ -77,8 +77,46 @@ def test_results_json_has_the_contract_shape(tmp_path):
         "recipe": "the recipe",
     }
     assert not os.path.exists(path + ".tmp")
-    lines = report.score_tables(results, scores, INFO, [0.5] * INFO.num_classes)
+    lines = report.score_tables(results, scores, INFO, [0.5] * INFO.num_classes, SEEDS)
     assert "| CiSS-Net, T = 8 | 40.00 | 40.00 | 61.00 | 61.00 | 61.00 | 61.00 | 61.00 |" in lines
+
+
+def test_results_json_holds_the_test_split_beside_val(tmp_path):
+    # Val as the fakes write it; test from eval_test.json with other numbers per seed.
+    _fake_runs(tmp_path, {"ciss": [0.53, 0.52, 0.54], "no_context": [0.51] * 3,
+                          "baseline_pmap": [0.51] * 3, "random_gate": [0.52] * 3,
+                          "gated": [0.525]})
+    _write_eval(tmp_path / "pspnet", 0.6, t0_miou=0.47, name="eval_test.json")
+    test_t2 = {"ciss": [0.46, 0.47, 0.45], "no_context": [0.44, 0.45, 0.46],
+               "baseline_pmap": [0.43, None, 0.44], "random_gate": [0.42, 0.41, 0.40],
+               "gated": [0.39]}
+    for key, values in test_t2.items():
+        run = report.RUN_BY_KEY[key]
+        for seed, value in zip(run.seeds(SEEDS), values, strict=False):
+            if value is not None:
+                _write_eval(report.run_dir(str(tmp_path), run, seed), value, t0_miou=0.3,
+                            name="eval_test.json")
+    pspnet = report.read_steps(str(tmp_path / "pspnet" / "eval.json"))
+    pspnet_test = report.read_steps(str(tmp_path / "pspnet" / "eval_test.json"))
+    test_scores = report.collect_scores(str(tmp_path), SEEDS, "eval_test.json")
+    results = report.results_json(pspnet, report.collect_scores(str(tmp_path), SEEDS), SEEDS,
+                                  "r", test=(pspnet_test, test_scores))
+    assert results["t2_miou"]["ciss"] == [0.53, 0.52, 0.54]
+    assert results["test"] == {
+        "pspnet_miou": 0.47,
+        "t2_miou": {**test_t2, "gated": [0.39, None, None]},
+        "t0_miou": {"ciss": [0.3] * 3, "no_context": [0.3] * 3,
+                    "baseline_pmap": [0.3, None, 0.3], "random_gate": [0.3] * 3,
+                    "gated": [0.3, None, None]},
+    }
+    # The targets on test: CiSS-Net 46 vs PSPNet 47 (-1), no context 45 (+1).
+    judged = report.targets(results["test"])
+    assert judged[0].numbers == "46.00 vs 47.00: -1.00" and not judged[0].met
+    assert judged[1].numbers == "46.00 vs 45.00: +1.00" and judged[1].met
+    lines = report.score_tables(results["test"], test_scores, INFO, pspnet_test["0"]["iou"],
+                                SEEDS, "test")
+    assert f"## mIoU on CamVid test (%, mean ± std over seeds {SEEDS})" in lines
+    assert "| CiSS-Net | 30.00 ± 0.00 | 46.00 ± 1.00 | 46.00 / 47.00 / 45.00 |" in lines
 
 
 def test_mean_std_over_seeds_by_hand():
@@ -104,7 +142,7 @@ def test_targets_met_by_hand(tmp_path):
     assert judged[0].numbers == "53.00 vs 50.00: +3.00"
     assert judged[2].numbers == "53.00 vs 51.50: +1.50; seed std 1.00 / 0.50"
     assert judged[3].numbers == "53.00 vs 52.00: +1.00"
-    lines = report.score_tables(results, scores, INFO, [0.5] * INFO.num_classes)
+    lines = report.score_tables(results, scores, INFO, [0.5] * INFO.num_classes, SEEDS)
     assert "| CiSS-Net | 40.00 ± 0.00 | 53.00 ± 1.00 | 53.00 / 52.00 / 54.00 |" in lines
     assert any(line.startswith("| CiSS-Net t = 2 >= stage-1 PSPNet + 1.0 | met |")
                for line in lines)
@@ -211,15 +249,21 @@ def test_camvid_sh_runs_every_run_and_seed_once_with_the_measured_keep_rate(tmp_
         ]
     )
     for seed in (0, 1, 2):
-        for tool in ("ciss_tf.train", "ciss_tf.evaluate"):
-            [call] = [c for c in calls if c.startswith(f"-m {tool}")
-                      and f"camvid_random_gate_s{seed}" in c]
-            assert f"--random_keep_rate=0.7{seed}5" in call.split()
+        for tool, count in (("ciss_tf.train", 1), ("ciss_tf.evaluate", 2)):
+            tool_calls = [c for c in calls if c.startswith(f"-m {tool}")
+                          and f"camvid_random_gate_s{seed}" in c]
+            assert len(tool_calls) == count, tool
+            for call in tool_calls:
+                assert f"--random_keep_rate=0.7{seed}5" in call.split()
         [call] = [c for c in trainings if f"camvid_s{seed} " in c + " "]
         assert f"--seed={seed}" in call.split()
         assert "--flagfile=experiments/camvid.flags" in call.split()
     evaluations = [c for c in calls if c.startswith("-m ciss_tf.evaluate")]
-    assert len(evaluations) == len(trainings)
+    # Every run on val and on the test split, once each.
+    for split, name in (("val", "eval.json"), ("test", "eval_test.json")):
+        scored = [c for c in evaluations if f"--split={split}" in c.split()]
+        assert len(scored) == len(trainings), split
+        assert all(f"/{name}" in c.split("--output_json=")[1] for c in scored), split
     assert all("--eval_steps=0,1,2,3,4,5,6" in c for c in evaluations if "pspnet" not in c)
     [export_call] = [c for c in calls if c.startswith("-m ciss_tf.export")]
     assert f"--checkpoint={runs}/camvid_s0 " in export_call + " "
@@ -229,7 +273,7 @@ def test_camvid_sh_runs_every_run_and_seed_once_with_the_measured_keep_rate(tmp_
 
 
 def test_results_markdown_holds_the_tables_the_figure_and_the_notes():
-    tables = "## Issue 19 targets\n\n| target | met |\n"
+    tables = "## Targets on test\n\n| target | met |\n"
     text = report.results_markdown(tables, "## Notes\n\nprose.\n", [0, 1, 2], "figures/x.png")
     assert text.startswith("# CamVid") and "seeds 0, 1, 2" in text
     assert tables in text and "![CamVid context maps](figures/x.png)" in text

@@ -21,9 +21,10 @@ from absl import logging
 
 from ciss_tf.data import datasets, input_pipeline, synthetic, tfrecord
 from ciss_tf.modeling import config
+from ciss_tf.modeling.config import STAGES
 from ciss_tf.serving.fast_inference import FastCissNet
 from ciss_tf.tools import train_probe
-from ciss_tf.training.config import PRECISIONS
+from ciss_tf.training.config import BACKPROPS, PRECISIONS
 
 # Benchmark preset -> (network preset, dataset that sets the classes, image side).
 SETTINGS = {
@@ -48,7 +49,11 @@ class BenchmarkConfig:
       image_size: (height, width) of the inputs; None: the preset's.
       steps: the unrolled steps t timed; must hold 0 and 2.
       sections: what to measure, a subset of `SECTIONS`.
-      unroll_steps, jit_compile, mixed_precision: as the trainer's flags.
+      train_stages: the stages the training section measures.
+      train_sweep: the T values of the training section's sweep of stage 2, each measured
+        with every mode of `train_backprops` (empty: no sweep).
+      unroll_steps, jit_compile, mixed_precision, backprop, grad_accum_steps: as the
+        trainer's flags.
     """
 
     preset: str = "paper"
@@ -62,9 +67,14 @@ class BenchmarkConfig:
     train_batch: int = 2
     train_repeats: int = 2
     pipeline_batches: int = 20
+    train_stages: tuple[str, ...] = ("pspnet", "ciss")
+    train_sweep: tuple[int, ...] = (1, 2, 4, 8)
+    train_backprops: tuple[str, ...] = BACKPROPS
     unroll_steps: int = 8
     jit_compile: bool = False
     mixed_precision: str = "float32"
+    backprop: str = "episode"
+    grad_accum_steps: int = 1
 
     def __post_init__(self):
         if self.preset not in SETTINGS:
@@ -81,6 +91,12 @@ class BenchmarkConfig:
         unknown = set(self.sections) - set(SECTIONS)
         if unknown:
             raise ValueError(f"--sections: unknown {sorted(unknown)}")
+        if set(self.train_stages) - set(STAGES) or set(self.train_backprops) - set(BACKPROPS):
+            raise ValueError(
+                f"--train_stages must be in {STAGES} and --train_backprops in {BACKPROPS}"
+            )
+        if min(self.train_sweep, default=1) < 1:
+            raise ValueError(f"--train_sweep must be T values >= 1; got {list(self.train_sweep)}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"--mixed_precision={self.mixed_precision}: not one of {PRECISIONS}")
 
@@ -237,17 +253,26 @@ def _timing(times, flops):
 
 
 def measure_training(cfg):
-    """`train_probe.measure` of stage 1 and stage 2, each in a fresh process."""
-    results = {}
-    for stage in ("pspnet", "ciss"):
-        logging.info("training probe: stage %s", stage)
-        results[stage] = train_probe.measure(train_probe.TrainProbe(
+    """`train_probe.measure` of each stage of `cfg.train_stages`, each in a fresh process.
+
+    Returns:
+      (stages, sweep): `{stage: probe}` at `cfg`'s settings, and the probes of stage 2 for
+      every T of `cfg.train_sweep` in every mode of `cfg.train_backprops`.
+    """
+    def probe(stage, unroll_steps, backprop):
+        logging.info("training probe: stage %s, T = %d, %s", stage, unroll_steps, backprop)
+        return train_probe.measure(train_probe.TrainProbe(
             stage=stage, preset=cfg.network, dataset=cfg.dataset, crop_size=cfg.size,
-            batch_size=cfg.train_batch, unroll_steps=cfg.unroll_steps,
+            batch_size=cfg.train_batch, unroll_steps=unroll_steps,
             repeats=cfg.train_repeats, jit_compile=cfg.jit_compile,
-            mixed_precision=cfg.mixed_precision,
+            mixed_precision=cfg.mixed_precision, backprop=backprop,
+            grad_accum_steps=cfg.grad_accum_steps,
         ))
-    return results
+
+    stages = {stage: probe(stage, cfg.unroll_steps, cfg.backprop) for stage in cfg.train_stages}
+    sweep = [probe("ciss", t, backprop)
+             for t in cfg.train_sweep for backprop in cfg.train_backprops]
+    return stages, sweep
 
 
 def write_records(directory, count, height, width):
@@ -342,10 +367,10 @@ def run_benchmark(cfg):
         results["conv_reference"] = reference
         results["inference"] = inference
     if "train" in cfg.sections:
-        results["train"] = measure_training(cfg)
+        results["train"], results["train_sweep"] = measure_training(cfg)
     if "pipeline" in cfg.sections:
         pipeline = measure_pipeline(cfg, num_classes)
-        if "train" in results:
+        if results.get("train"):
             fastest = max(r["images_per_second"] for r in results["train"].values())
             pipeline["ratio_to_fastest_train_step"] = pipeline["images_per_second"] / fastest
         results["input_pipeline"] = pipeline

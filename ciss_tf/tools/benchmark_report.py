@@ -43,12 +43,16 @@ def format_table(results):
             f"{results['t0_rate_fraction_of_conv']:.0%}, model "
             f"{results['t0_rate_fraction_of_conv_model']:.0%}"
         )
-    for stage, r in results.get("train", {}).items():
-        steps = f", T={r['unroll_steps']}" if r["unroll_steps"] is not None else ""
+    probes = [(stage, r) for stage, r in results.get("train", {}).items()]
+    probes += [("ciss sweep", r) for r in results.get("train_sweep", [])]
+    for stage, r in probes:
+        steps = f", T={r['unroll_steps']} {r['backprop']}" if r["unroll_steps"] is not None else ""
+        device = r.get("peak_device_bytes")
         lines.append(
             f"train {stage} (batch {r['batch']}{steps}): {r['seconds_per_step']:.2f} s/step, "
             f"{r['images_per_second']:.3f} img/s, peak RSS {r['peak_rss_bytes'] / 2**30:.2f} "
             f"GiB (after build {r['rss_after_build_bytes'] / 2**30:.2f} GiB)"
+            + (f", GPU peak {device / 2**30:.2f} GiB" if device is not None else "")
         )
     pipeline = results.get("input_pipeline")
     if pipeline:

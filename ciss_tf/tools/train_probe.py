@@ -36,7 +36,8 @@ class TrainProbe:
       batch_size: the global batch.
       unroll_steps: T of stage 2.
       repeats: timed steps, after one untimed warm-up step.
-      jit_compile, mixed_precision: as the trainer's flags of the same names.
+      jit_compile, mixed_precision, backprop, grad_accum_steps: as the trainer's flags of
+        the same names.
     """
 
     stage: str
@@ -48,6 +49,8 @@ class TrainProbe:
     repeats: int
     jit_compile: bool = False
     mixed_precision: str = "float32"
+    backprop: str = "episode"
+    grad_accum_steps: int = 1
 
     def train_config(self):
         """The `TrainConfig` of `python -m ciss_tf.train` with these settings as flags."""
@@ -57,7 +60,8 @@ class TrainProbe:
             data=config.DataConfig(dataset=self.dataset, crop_size=tuple(self.crop_size),
                                    batch_size=self.batch_size),
             unroll_steps=self.unroll_steps, jit_compile=self.jit_compile,
-            mixed_precision=self.mixed_precision,
+            mixed_precision=self.mixed_precision, backprop=self.backprop,
+            grad_accum_steps=self.grad_accum_steps,
         )
 
 
@@ -66,14 +70,25 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def peak_device_bytes():
+    """The first GPU's peak allocation since the last reset, or None without a GPU.
+
+    What a GPU run of the table reads (`get_memory_info` does not work on CPUs).
+    """
+    if not tf.config.list_logical_devices("GPU"):
+        return None
+    return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+
+
 def measure(probe):
     """Runs `probe` in a fresh Python process.
 
     Returns:
-      dict: `stage`, `batch`, `crop`, `unroll_steps` (None for stage 1),
-      `first_step_seconds`, `runs`, `seconds_per_step` (median of `runs`),
-      `images_per_second`, `rss_after_build_bytes` (model and optimizer built) and
-      `peak_rss_bytes` (after the last step).
+      dict: `stage`, `batch`, `crop`, `unroll_steps` (None for stage 1), `backprop`,
+      `grad_accum_steps`, `mixed_precision`, `first_step_seconds`, `runs`,
+      `seconds_per_step` (median of `runs`), `images_per_second`, `rss_after_build_bytes`
+      (model and optimizer built), `peak_rss_bytes` (after the last step) and
+      `peak_device_bytes` (the GPU's peak over the steps; None on a CPU).
 
     Raises:
       RuntimeError: the process failed (the message holds its last stderr line).
@@ -96,6 +111,8 @@ def _run(probe):
     task = tasks.make_task(probe.train_config(), info)
     step_runner = trainer.Trainer(tf.distribute.get_strategy(), task)
     rss_built = peak_rss_bytes()
+    if peak_device_bytes() is not None:
+        tf.config.experimental.reset_memory_stats("GPU:0")
     height, width = step_runner.cfg.data.crop_size
     batch_size = step_runner.global_batch
     batch = {
@@ -116,9 +133,12 @@ def _run(probe):
     return {
         "stage": probe.stage, "batch": batch_size, "crop": [height, width],
         "unroll_steps": probe.unroll_steps if probe.stage == "ciss" else None,
+        "backprop": probe.backprop, "grad_accum_steps": probe.grad_accum_steps,
+        "mixed_precision": probe.mixed_precision,
         "first_step_seconds": times[0], "runs": times[1:], "seconds_per_step": seconds,
         "images_per_second": batch_size / seconds,
         "rss_after_build_bytes": rss_built, "peak_rss_bytes": peak_rss_bytes(),
+        "peak_device_bytes": peak_device_bytes(),
     }
 
 
