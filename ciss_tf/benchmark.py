@@ -48,7 +48,11 @@ def define_flags():
         "The winograd path runs 3x3 convs with at least this many inputs by Winograd.",
     )
     flags.DEFINE_integer("train_batch", 2, "Global batch of the training steps.")
-    flags.DEFINE_integer("train_repeats", 2, "Timed training steps (after one warm-up step).")
+    flags.DEFINE_integer(
+        "train_repeats", 2,
+        "Timed training steps after one warm-up step (0: the warm-up step alone, for its "
+        "peak memory).",
+    )
     flags.DEFINE_integer("pipeline_batches", 20, "Timed input-pipeline batches.")
     flags.DEFINE_list("train_stages", ["pspnet", "ciss"], "Stages the train section measures.")
     flags.DEFINE_list(

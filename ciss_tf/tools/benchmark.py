@@ -85,9 +85,11 @@ class BenchmarkConfig:
             raise ValueError(
                 f"--steps must hold 0 and 2 and no negative step; got {list(self.steps)}"
             )
-        for name in ("batch", "repeats", "train_batch", "train_repeats", "pipeline_batches"):
+        for name in ("batch", "repeats", "train_batch", "pipeline_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1")
+        if self.train_repeats < 0:
+            raise ValueError("--train_repeats must be >= 0")
         unknown = set(self.sections) - set(SECTIONS)
         if unknown:
             raise ValueError(f"--sections: unknown {sorted(unknown)}")
@@ -370,8 +372,9 @@ def run_benchmark(cfg):
         results["train"], results["train_sweep"] = measure_training(cfg)
     if "pipeline" in cfg.sections:
         pipeline = measure_pipeline(cfg, num_classes)
-        if results.get("train"):
-            fastest = max(r["images_per_second"] for r in results["train"].values())
+        fastest = max((r["images_per_second"] or 0 for r in results.get("train", {}).values()),
+                      default=0)
+        if fastest:
             pipeline["ratio_to_fastest_train_step"] = pipeline["images_per_second"] / fastest
         results["input_pipeline"] = pipeline
     results["load_average"] = {"start": list(load_start), "end": list(os.getloadavg())}

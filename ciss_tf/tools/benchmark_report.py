@@ -48,9 +48,11 @@ def format_table(results):
     for stage, r in probes:
         steps = f", T={r['unroll_steps']} {r['backprop']}" if r["unroll_steps"] is not None else ""
         device = r.get("peak_device_bytes")
+        speed = (f"{r['seconds_per_step']:.2f} s/step, {r['images_per_second']:.3f} img/s"
+                 if r["seconds_per_step"] else f"one step {r['first_step_seconds']:.1f} s")
         lines.append(
-            f"train {stage} (batch {r['batch']}{steps}): {r['seconds_per_step']:.2f} s/step, "
-            f"{r['images_per_second']:.3f} img/s, peak RSS {r['peak_rss_bytes'] / 2**30:.2f} "
+            f"train {stage} (batch {r['batch']}{steps}): {speed}, "
+            f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} "
             f"GiB (after build {r['rss_after_build_bytes'] / 2**30:.2f} GiB)"
             + (f", GPU peak {device / 2**30:.2f} GiB" if device is not None else "")
         )

@@ -35,7 +35,8 @@ class TrainProbe:
       crop_size: (height, width) of the batch.
       batch_size: the global batch.
       unroll_steps: T of stage 2.
-      repeats: timed steps, after one untimed warm-up step.
+      repeats: timed steps, after one untimed warm-up step (0: the warm-up step alone, for
+        its peak memory; no step time).
       jit_compile, mixed_precision, backprop, grad_accum_steps: as the trainer's flags of
         the same names.
     """
@@ -86,7 +87,7 @@ def measure(probe):
     Returns:
       dict: `stage`, `batch`, `crop`, `unroll_steps` (None for stage 1), `backprop`,
       `grad_accum_steps`, `mixed_precision`, `first_step_seconds`, `runs`,
-      `seconds_per_step` (median of `runs`), `images_per_second`, `rss_after_build_bytes`
+      `seconds_per_step` (median of `runs`; None with no repeats), `images_per_second`, `rss_after_build_bytes`
       (model and optimizer built), `peak_rss_bytes` (after the last step) and
       `peak_device_bytes` (the GPU's peak over the steps; None on a CPU).
 
@@ -129,14 +130,14 @@ def _run(probe):
         terms = step_runner.train_step(iterator)
         float(terms["total"])
         times.append(time.perf_counter() - start)
-    seconds = float(statistics.median(times[1:]))
+    seconds = float(statistics.median(times[1:])) if probe.repeats else None
     return {
         "stage": probe.stage, "batch": batch_size, "crop": [height, width],
         "unroll_steps": probe.unroll_steps if probe.stage == "ciss" else None,
         "backprop": probe.backprop, "grad_accum_steps": probe.grad_accum_steps,
         "mixed_precision": probe.mixed_precision,
         "first_step_seconds": times[0], "runs": times[1:], "seconds_per_step": seconds,
-        "images_per_second": batch_size / seconds,
+        "images_per_second": batch_size / seconds if seconds else None,
         "rss_after_build_bytes": rss_built, "peak_rss_bytes": peak_rss_bytes(),
         "peak_device_bytes": peak_device_bytes(),
     }
