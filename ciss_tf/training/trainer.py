@@ -76,20 +76,24 @@ class Trainer:
                 loss_scaling=cfg.mixed_precision == "mixed_float16",
             )
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.replica_fn = (
-            tf.function(self.replica_step, jit_compile=True) if cfg.jit_compile
-            else self.replica_step
+        # XLA compiles the gradient computation, not the update: the optimizers' merge
+        # calls, the all-reduce and the loss-scale conditionals stay outside the cluster,
+        # where XLA fails with several replicas (on logical CPUs: "tf.Variable on a
+        # different device"; upstream keras#21366, models#10752 on GPUs).
+        self.gradient_fn = (
+            tf.function(self.replica_gradients, jit_compile=True) if cfg.jit_compile
+            else self.replica_gradients
         )
         self.checkpoint = tf.train.Checkpoint(
             model=checkpoints.model_variables(self.model), step=self.step,
             **optimizers.checkpoint_optimizers(self.groups, self.optimizers),
         )
 
-    def replica_step(self, batch):
-        """Forward, the task's loss, backward and update on one replica's batch.
+    def replica_gradients(self, batch):
+        """The loss terms of one replica's batch and the gradients of loss + weight decay.
 
         With `--grad_accum_steps=N` the batch runs as N micro-batches whose gradients add
-        up to the whole batch's (`gradients.accumulate`); the optimizers step once.
+        up to the whole batch's (`gradients.accumulate`).
         """
         optimizer = self.optimizers[0]
         # The groups' loss scales are equal (see `make_group_optimizers`): one scales.
@@ -109,14 +113,19 @@ class Trainer:
                      / self.strategy.num_replicas_in_sync)
             scaled = scale_loss(decay)
         grads = gradients.add_gradients(grads, tape.gradient(scaled, self.variables))
-        optimizers.apply_group_gradients(self.groups, self.optimizers, grads)
         terms["weight_decay"] = decay
+        return terms, grads
+
+    def replica_step(self, batch):
+        """Forward, the task's loss, backward and update on one replica's batch."""
+        terms, grads = self.gradient_fn(batch)
+        optimizers.apply_group_gradients(self.groups, self.optimizers, grads)
         return terms
 
     @tf.function(autograph=False)
     def train_step(self, iterator):
         """One distributed step; returns the terms summed over replicas (global means)."""
-        per_replica = self.strategy.run(self.replica_fn, args=(next(iterator),))
+        per_replica = self.strategy.run(self.replica_step, args=(next(iterator),))
         self.step.assign_add(1)
         return {
             name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
