@@ -92,6 +92,11 @@ flags.DEFINE_enum(
     "policy, value and losses stay in float32. mixed_float16 adds dynamic loss scaling "
     "(a step with non-finite gradients on any replica is skipped by all).",
 )
+flags.DEFINE_float(
+    "initial_loss_scale", 2.0**15,
+    "mixed_float16: the dynamic loss scale's start (halved at each skipped step, doubled "
+    "after 2000 good ones).",
+)
 flags.DEFINE_enum(
     "backprop", "episode", list(config.BACKPROPS),
     "Stage 2's backward pass: episode (one tape over the whole unroll: memory grows with "
@@ -157,7 +162,8 @@ def config_from_flags(flag_values=FLAGS):
         init_checkpoint=fv.init_checkpoint, base_init=fv.base_init,
         imagenet_weights=fv.imagenet_weights, strategy=fv.strategy,
         num_cpu_devices=fv.num_cpu_devices, jit_compile=fv.jit_compile,
-        mixed_precision=fv.mixed_precision, deterministic=fv.deterministic,
+        mixed_precision=fv.mixed_precision, initial_loss_scale=fv.initial_loss_scale,
+        deterministic=fv.deterministic,
         stop_at_step=fv.stop_at_step, backprop=fv.backprop,
         grad_accum_steps=fv.grad_accum_steps, checkpoint_every=fv.checkpoint_every,
         max_to_keep=fv.max_to_keep, log_every=fv.log_every,

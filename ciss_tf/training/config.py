@@ -73,6 +73,7 @@ class TrainConfig:
       backprop: stage 2: "episode" (one tape over the unroll) or "per_step" (memory flat in
         T, `training/per_step.py`); the same gradient.
       grad_accum_steps: micro-batches per update (`data.batch_size` stays the update's).
+      initial_loss_scale: mixed_float16: where the dynamic loss scale starts.
       Others: as the `ciss_tf.train` flags of the same names say.
     """
 
@@ -92,6 +93,7 @@ class TrainConfig:
     num_cpu_devices: int = 1
     jit_compile: bool = False
     mixed_precision: str = "float32"
+    initial_loss_scale: float = 2.0**15
     deterministic: bool = False
     stop_at_step: int | None = None
     backprop: str = "episode"

@@ -51,16 +51,17 @@ def make_optimizer(schedule, variables, cfg):
     return optimizer
 
 
-def make_group_optimizers(groups, cfg, max_steps, loss_scaling=False):
+def make_group_optimizers(groups, cfg, max_steps, initial_loss_scale=None):
     """One built optimizer per group (call under the strategy's scope).
 
     Args:
       groups: `VariableGroup`s.
       cfg: the `OptimizerConfig`.
       max_steps: where every group's poly schedule reaches 0.
-      loss_scaling: wrap each in a `LossScaleOptimizer` (mixed_float16). They start at the
-        same scale and `apply_group_gradients` makes them skip the same steps, so their
-        scales stay equal and one of them can scale the loss for all.
+      initial_loss_scale: None, or wrap each in a `LossScaleOptimizer` (mixed_float16)
+        whose dynamic scale starts here. They start at the same scale and
+        `apply_group_gradients` makes them skip the same steps, so their scales stay equal
+        and one of them can scale the loss for all.
 
     Returns:
       A list of optimizers, `groups`' order; their variables exist before the first step
@@ -72,8 +73,10 @@ def make_group_optimizers(groups, cfg, max_steps, loss_scaling=False):
         optimizer = make_optimizer(
             make_schedule(group.learning_rate, cfg, max_steps), group.variables, cfg
         )
-        if loss_scaling:
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        if initial_loss_scale is not None:
+            optimizer = keras.optimizers.LossScaleOptimizer(
+                optimizer, initial_scale=initial_loss_scale
+            )
         optimizer.build(list(group.variables))
         optimizers.append(optimizer)
     return optimizers

@@ -73,7 +73,8 @@ class Trainer:
             self.variables = [v for group in self.groups for v in group.variables]
             self.optimizers = optimizers.make_group_optimizers(
                 self.groups, cfg.optimizer, cfg.max_steps,
-                loss_scaling=cfg.mixed_precision == "mixed_float16",
+                initial_loss_scale=(cfg.initial_loss_scale
+                                    if cfg.mixed_precision == "mixed_float16" else None),
             )
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         # XLA compiles the gradient computation, not the update: the optimizers' merge
@@ -117,20 +118,33 @@ class Trainer:
         return terms, grads
 
     def replica_step(self, batch):
-        """Forward, the task's loss, backward and update on one replica's batch."""
+        """Forward, the task's loss, backward and update on one replica's batch.
+
+        Returns the loss terms stacked in the order of `term_names` (set when traced), so
+        that one all-reduce sums them all.
+        """
         terms, grads = self.gradient_fn(batch)
         optimizers.apply_group_gradients(self.groups, self.optimizers, grads)
-        return terms
+        self.term_names = sorted(terms)
+        return tf.stack([tf.cast(terms[name], tf.float32) for name in self.term_names])
 
     @tf.function(autograph=False)
     def train_step(self, iterator):
-        """One distributed step; returns the terms summed over replicas (global means)."""
+        """One distributed step; returns its terms, summed over replicas, as one vector.
+
+        Its entries are the terms of `term_names`. Nothing here waits for the host: the
+        training loop reads the vectors of several steps at once, at its log steps.
+        """
         per_replica = self.strategy.run(self.replica_step, args=(next(iterator),))
         self.step.assign_add(1)
-        return {
-            name: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-            for name, value in per_replica.items()
-        }
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def loss_scale(self):
+        """The dynamic loss scale of mixed_float16, or None without loss scaling."""
+        optimizer = self.optimizers[0]
+        if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return None
+        return float(optimizer.dynamic_scale.numpy())
 
     def dataset(self, start_index):
         """The distributed training stream starting at global element `start_index`."""
@@ -236,16 +250,22 @@ def train(cfg):
         (summaries.read_summary(model_dir) or {}).get("seconds", 0.0) if chief else 0.0
     )
     recent = collections.deque(maxlen=summaries.SUMMARY_WINDOW)
+    guard = _NonFiniteGuard(trainer)
+    pending = []  # (step, terms vector) not yet read on the host
     last_step = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
     for step in range(start + 1, last_step + 1):
-        terms = {name: float(value) for name, value in trainer.train_step(iterator).items()}
-        recent.append(terms)
-        if not math.isfinite(terms["total"]):
-            raise NonFiniteLossError(
-                f"loss is {terms['total']} at step {step}; stopping without saving (last "
-                f"good checkpoint: {manager.latest_checkpoint}). Lower the learning rate?"
-            )
-        if step % cfg.log_every == 0 or step == last_step:
+        pending.append((step, trainer.train_step(iterator)))
+        logs = step % cfg.log_every == 0 or step == last_step
+        saves = step % cfg.checkpoint_every == 0 or step == last_step
+        if logs or saves:
+            # One host read for every step since the last one; the guard sees each step.
+            for (pending_step, _), values in zip(
+                    pending, tf.stack([v for _, v in pending]).numpy(), strict=True):
+                terms = dict(zip(trainer.term_names, values.tolist(), strict=True))
+                if guard.check(pending_step, terms["total"], manager.latest_checkpoint):
+                    recent.append(terms)
+            pending = []
+        if logs:
             now = time.time()
             steps_per_second = (step - tick_step) / max(now - tick, 1e-9)
             remaining = (cfg.max_steps - step) / max(steps_per_second, 1e-9)
@@ -267,7 +287,7 @@ def train(cfg):
                 tf.summary.image("steps/input_gt_pmap_context", panel, max_outputs=len(panel))
         if cfg.eval_every and step % cfg.eval_every == 0 and chief:
             _evaluate(trainer, step)
-        if step % cfg.checkpoint_every == 0 or step == last_step:
+        if saves:
             if not trainer.weights_are_finite():
                 raise NonFiniteLossError(
                     f"non-finite weights at step {step}; checkpoint not written"
@@ -283,6 +303,45 @@ def train(cfg):
     logging.info("Done: %d steps in %s", last_step - start,
                  summaries.format_seconds(time.time() - started))
     return terms
+
+
+class _NonFiniteGuard:
+    """Stops training on a non-finite loss, or, with loss scaling, on a run of them.
+
+    Without loss scaling (float32, mixed_bfloat16) a non-finite loss means divergence: the
+    run stops at once. With mixed_float16 a float16 overflow (in the forward or the
+    backward pass, on any replica) makes every replica skip the update and halves the loss
+    scale, so a non-finite loss is a skipped step, not a diverged model: training goes on
+    unless `MAX_SKIPPED_STEPS` steps in a row are skipped (the scale has fallen by 2^20).
+    """
+
+    MAX_SKIPPED_STEPS = 20
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.skipped_in_a_row = 0
+
+    def check(self, step, loss, last_checkpoint):
+        """True for a finite loss, False for a skipped step; raises when the run must stop.
+
+        Raises:
+          NonFiniteLossError: the loss at `step` is not finite and the run must stop.
+        """
+        if math.isfinite(loss):
+            self.skipped_in_a_row = 0
+            return True
+        scale = self.trainer.loss_scale()
+        if scale is not None and self.skipped_in_a_row < self.MAX_SKIPPED_STEPS:
+            self.skipped_in_a_row += 1
+            logging.warning("step %d: loss is %s, update skipped by every replica; loss scale "
+                            "now %g", step, loss, scale)
+            return False
+        raise NonFiniteLossError(
+            f"loss is {loss} at step {step}"
+            + (f" ({self.skipped_in_a_row} steps skipped in a row)" if scale is not None else "")
+            + f"; stopping without saving (last good checkpoint: {last_checkpoint}). Lower the "
+            "learning rate?"
+        )
 
 
 def _evaluate(trainer, step):
