@@ -126,7 +126,8 @@ def test_loss_scaled_groups_skip_together_and_keep_one_scale():
     base, context = keras.Variable(tf.zeros([2])), keras.Variable(tf.zeros([2]))
     groups = [optimizers_lib.VariableGroup("base", (base,), 0.1),
               optimizers_lib.VariableGroup("context", (context,), 0.01)]
-    optimizers = optimizers_lib.make_group_optimizers(groups, cfg, max_steps, initial_loss_scale=2.0**15)
+    optimizers = optimizers_lib.make_group_optimizers(groups, cfg, max_steps,
+                                                      initial_loss_scale=2.0**15)
     optimizers_lib.apply_group_gradients(
         groups, optimizers, [tf.ones([2]), tf.constant([1.0, np.inf])]
     )

@@ -104,24 +104,32 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
     step_gradients, shared_gradients, per_step = None, None, []
     dependencies = [episode["logits"], returns, *recorded]
     for u in range(num_steps + 1):
-        inputs = after(dependencies, [base, bias_in, context_in])
+        acts = learned and u < num_steps
+        # Every input of the step waits, also those read without the shared tensors (the
+        # context map's and the p-map's encodings), or the executor runs those parts of all
+        # steps at once and memory grows with T again.
+        inputs = after(dependencies, [
+            base, bias_in, context_in, logits[u],
+            episode["context"][u - 1] if u > 0 else None,
+            episode["actions"][u] if acts else None, returns[u] if acts else None,
+        ])
+        step_recorded_logits, step_context, step_actions, step_returns = inputs[3:]
+        inputs = inputs[:3]
         with tf.GradientTape() as tape:
             tape.watch([t for t in inputs if t is not None])
             step_base, step_bias_x, step_context_x = inputs
             step_logits = step_base
             if u > 0:
-                step_logits = step_base + model.bias_logits(
-                    step_bias_x, episode["context"][u - 1], True
-                )
-            acts = learned and u < num_steps
+                step_logits = step_base + model.bias_logits(step_bias_x, step_context, True)
             policy_logits = value = None
             if acts:
-                policy_logits, value = model.policy_and_value(step_context_x, logits[u], True)
+                policy_logits, value = model.policy_and_value(
+                    step_context_x, step_recorded_logits, True
+                )
             terms = losses.step_terms(
                 step_logits, labels, scale=scale, ignore_label=ignore_label,
-                policy_logits=policy_logits, values=value,
-                actions=episode["actions"][u] if acts else None,
-                returns=returns[u] if acts else None,
+                policy_logits=policy_logits, values=value, actions=step_actions,
+                returns=step_returns,
             )
             loss = scale_loss(
                 losses.weighted_total(terms, lambda1=reward.lambda1, lambda2=reward.lambda2)

@@ -67,6 +67,7 @@ class Trainer:
                 f"{strategy.num_replicas_in_sync} replicas times --grad_accum_steps="
                 f"{cfg.grad_accum_steps}"
             )
+        _refuse_what_xla_cannot_compile(cfg, strategy.num_replicas_in_sync)
         with strategy.scope():
             self.model = task.build_model()
             self.groups = task.variable_groups(self.model)
@@ -188,6 +189,31 @@ class Trainer:
                 f"{str(error).splitlines()[0][:200]}"
             ) from None
         logging.info("Resumed from %s at step %d", latest, int(self.step.numpy()))
+
+
+def _refuse_what_xla_cannot_compile(cfg, replicas):
+    """Raises a `ValueError` naming the flags of a `--jit_compile` run TensorFlow fails.
+
+    Synchronized batch norm in training mode (stage 1's backbone, stage 2's Context Net
+    with `--context_encoder_norm=batch`) all-reduces inside the XLA function, which
+    `tf.distribute` forbids in a nested function ("merge_call called while defining a new
+    graph"); stage 1's max-pool gradient has no deterministic XLA kernel.
+    """
+    if not cfg.jit_compile:
+        return
+    stage1 = cfg.model.stage == "pspnet"
+    if replicas > 1 and (stage1 or cfg.model.context_encoder_norm == "batch"):
+        what = "--stage=pspnet" if stage1 else "--context_encoder_norm=batch"
+        raise ValueError(
+            f"--jit_compile with {replicas} replicas cannot compile the synchronized batch "
+            f"norm of {what} (TensorFlow all-reduces inside the XLA function); drop "
+            "--jit_compile or train on one device"
+        )
+    if stage1 and cfg.deterministic:
+        raise ValueError(
+            "--jit_compile with --deterministic: stage 1's max-pool gradient has no "
+            "deterministic XLA kernel; drop one of them"
+        )
 
 
 def _is_chief(strategy):
