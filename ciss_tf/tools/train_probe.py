@@ -88,8 +88,8 @@ def measure(probe):
       dict: `stage`, `batch`, `crop`, `unroll_steps` (None for stage 1), `backprop`,
       `grad_accum_steps`, `mixed_precision`, `first_step_seconds`, `runs`,
       `seconds_per_step` (median of `runs`; None with no repeats), `images_per_second`,
-      `rss_after_build_bytes` (model and optimizer built), `peak_rss_bytes` (after the last step) and
-      `peak_device_bytes` (the GPU's peak over the steps; None on a CPU).
+      `rss_after_build_bytes` (model and optimizer built), `peak_rss_bytes` (after the
+      last step) and `peak_device_bytes` (the GPU's peak over the steps; None on a CPU).
 
     Raises:
       RuntimeError: the process failed (the message holds its last stderr line).
