@@ -122,12 +122,11 @@ def test_real_camvid(tmp_path):
     written = builder.build(builder.BuildConfig(
         "camvid", str(tmp_path), str(CAMVID), max_images_per_split=3, num_shards=2
     ))
-    assert written == {"train": 3, "val": 3}
+    # Every split present with its *annot twin: train, val and the test split.
+    assert written == {"test": 3, "train": 3, "val": 3}
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "train-00000-of-00002.tfrecord",
-        "train-00001-of-00002.tfrecord",
-        "val-00000-of-00002.tfrecord",
-        "val-00001-of-00002.tfrecord",
+        f"{split}-0000{i}-of-00002.tfrecord" for split in ("test", "train", "val")
+        for i in range(2)
     ]
     val = read_records(tmp_path, "val")
     # The val split keeps sorted order, so it holds the first three files.

@@ -71,7 +71,8 @@ def test_every_console_script_lists_its_flags_without_tensorflow_noise():
         noise = [line for line in err.splitlines() if any(n in line for n in STARTUP_NOISE)]
         assert not noise, f"{name}: {noise}"
     assert "Trains PSPNet" in results["ciss-train"][1]  # the command's docstring as usage
-    assert "oneDNN" in verbose[2]
+    # Which lines TensorFlow prints depends on the CPU (no oneDNN line on every x86).
+    assert any(n in verbose[2] for n in STARTUP_NOISE), verbose[2][-2000:]
 
 
 _FAKE_TENSORFLOW = """
