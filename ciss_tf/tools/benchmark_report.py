@@ -55,6 +55,8 @@ def format_table(results):
             f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} "
             f"GiB (after build {r['rss_after_build_bytes'] / 2**30:.2f} GiB)"
             + (f", GPU peak {device / 2**30:.2f} GiB" if device is not None else "")
+            + (f", step working set {r['step_working_bytes'] / 2**30:.2f} GiB"
+               if r.get("step_working_bytes") is not None else "")
         )
     pipeline = results.get("input_pipeline")
     if pipeline:

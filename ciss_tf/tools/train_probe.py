@@ -8,6 +8,7 @@ is then this stage's alone, not the caller's nor another stage's.
 
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ciss_tf.data import datasets
@@ -71,6 +73,28 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _status_bytes(field):
+    """`VmRSS` or `VmHWM` of /proc/self/status in bytes (None where there is none)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss():
+    """Restarts the kernel's high-water mark `VmHWM` (Linux >= 4.0); False if it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_device_bytes():
     """The first GPU's peak allocation since the last reset, or None without a GPU.
 
@@ -89,13 +113,20 @@ def measure(probe):
       `grad_accum_steps`, `mixed_precision`, `first_step_seconds`, `runs`,
       `seconds_per_step` (median of `runs`; None with no repeats), `images_per_second`,
       `rss_after_build_bytes` (model and optimizer built), `peak_rss_bytes` (after the
-      last step) and `peak_device_bytes` (the GPU's peak over the steps; None on a CPU).
+      last step), `peak_device_bytes` (the GPU's peak over the steps; None on a CPU),
+      `step_working_bytes` (the timed steps' resident high-water mark above the resident
+      memory before them: the tensors a step holds at once; None without timed steps),
+      `rss_before_timed_steps_bytes` and `variables_bytes` (model and optimizer variables).
 
     Raises:
       RuntimeError: the process failed (the message holds its last stderr line).
     """
     command = [sys.executable, "-m", __name__, json.dumps(dataclasses.asdict(probe))]
-    process = subprocess.run(command, capture_output=True, text=True, check=False)
+    # Large blocks straight from and back to the kernel: with glibc's adaptive threshold
+    # freed tensors of a few MB stay in the heap, fragment it, and the high-water mark
+    # grows with the number of ops rather than with the tensors alive at once.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    process = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     lines = [line for line in process.stdout.splitlines() if line.startswith(_PREFIX)]
     if process.returncode or not lines:
         last = (process.stderr.strip().splitlines() or ["no output"])[-1]
@@ -124,11 +155,17 @@ def _run(probe):
         "sample_id": tf.range(batch_size, dtype=tf.int64),
     }
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
-    times = []
-    for _ in range(probe.repeats + 1):
+    times, step_peak, before_steps = [], None, None
+    for i in range(probe.repeats + 1):
+        if i == 1 and _reset_peak_rss():
+            # The timed steps' own high-water mark, above what the traced graph, the
+            # weights and the optimizer state hold between steps.
+            before_steps = _status_bytes("VmRSS")
         start = time.perf_counter()
         step_runner.train_step(iterator).numpy()
         times.append(time.perf_counter() - start)
+    if before_steps is not None:
+        step_peak = _status_bytes("VmHWM")
     seconds = float(statistics.median(times[1:])) if probe.repeats else None
     return {
         "stage": probe.stage, "batch": batch_size, "crop": [height, width],
@@ -139,6 +176,13 @@ def _run(probe):
         "images_per_second": batch_size / seconds if seconds else None,
         "rss_after_build_bytes": rss_built, "peak_rss_bytes": peak_rss_bytes(),
         "peak_device_bytes": peak_device_bytes(),
+        "rss_before_timed_steps_bytes": before_steps,
+        "step_working_bytes": None if step_peak is None else step_peak - before_steps,
+        "variables_bytes": sum(
+            int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size
+            for v in [*step_runner.model.variables,
+                      *(w for o in step_runner.optimizers for w in o.variables)]
+        ),
     }
 
 
