@@ -90,15 +90,21 @@ def test_settings_that_make_no_run_are_refused_naming_the_flag(synthetic_records
     assert not (tmp_path / "n").exists()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+def _free_ports(count):
+    """`count` distinct free ports (all bound at once, so never the same one twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
-def _multi_worker_run(data_dir, model_dir, max_steps):
+def _multi_worker_run(data_dir, model_dir, max_steps, *args):
     """Two local workers train to `max_steps`; returns their stderr."""
-    ports = [_free_port(), _free_port()]
+    ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     processes = []
     for index in range(2):
@@ -108,7 +114,7 @@ def _multi_worker_run(data_dir, model_dir, max_steps):
         processes.append(subprocess.Popen(
             [sys.executable, "-m", "ciss_tf.train", *TINY, f"--data_dir={data_dir}",
              f"--model_dir={model_dir}", f"--max_steps={max_steps}",
-             "--strategy=multi_worker"],
+             "--strategy=multi_worker", *args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))
     errors = []
@@ -138,3 +144,14 @@ def test_multi_worker_trains_writes_one_checkpoint_and_resumes_from_the_chiefs(
     for err in errors:
         assert f"Resumed from {model_dir / 'ckpt-1'} at step 1" in err
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
+
+
+@pytest.mark.slow
+def test_multi_worker_trains_with_xla(synthetic_records, tmp_path):
+    # XLA compiles each worker's gradient computation; the all-reduce and the update run
+    # outside it (the whole step inside failed with several replicas).
+    model_dir = tmp_path / "mw_xla"
+    _multi_worker_run(synthetic_records, model_dir, 2, "--jit_compile")
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
+    step_weights = weights(model_dir, 2)
+    assert all(np.isfinite(v).all() for v in step_weights.values() if v.dtype.kind == "f")
