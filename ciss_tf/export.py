@@ -13,6 +13,7 @@ The graph and its signatures: `ciss_tf.serving.exporter`.
 
 import time
 
+import keras
 from absl import flags, logging
 
 from ciss_tf.data import datasets
@@ -49,11 +50,17 @@ def define_flags():
         "Serve the exact inference-time rewrite (ciss_tf.serving.fast_inference); --nofast serves "
         "the plain model.",
     )
+    flags.DEFINE_enum(
+        "mixed_precision", "float32", ["float32", "mixed_bfloat16"],
+        "mixed_bfloat16: the exported network computes in bfloat16 (the plain model: the fast "
+        "rewrite is float32 only); the class logits, the signatures and their outputs stay "
+        "as in float32.",
+    )
 
 
 def export_checkpoint(model_config, dataset, checkpoint, export_dir, *, version=None,
                       num_steps=2, max_image_size=exporter.DEFAULT_MAX_IMAGE_SIZE, fast=True,
-                      input_scale=1.0, probabilities=False):
+                      input_scale=1.0, probabilities=False, mixed_precision="float32"):
     """The tool without its flags: exports a checkpoint, prints and returns the version folder.
 
     Args:
@@ -64,6 +71,8 @@ def export_checkpoint(model_config, dataset, checkpoint, export_dir, *, version=
       version: version folder (None: the checkpoint's step, else the Unix time).
       num_steps, max_image_size, fast, input_scale, probabilities: see
         `exporter.export_saved_model`.
+      mixed_precision: "float32", or "mixed_bfloat16" (the plain model, built under that
+        Keras policy: its convs run in bfloat16).
 
     Raises:
       ValueError: a missing checkpoint, an existing version or a bad setting (naming it).
@@ -73,11 +82,17 @@ def export_checkpoint(model_config, dataset, checkpoint, export_dir, *, version=
     if version is None:
         version = checkpoints.step_of(path) or int(time.time())
     exporter.check_settings(export_dir, version, num_steps, max_image_size)
-    model, _ = checkpoints.load_model(model_config, info.num_classes, path)
-    target = exporter.export_saved_model(
-        model, export_dir, version, num_steps=num_steps, max_image_size=max_image_size,
-        fast=fast, input_scale=input_scale, probabilities=probabilities,
-    )
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(mixed_precision)
+    try:
+        model, _ = checkpoints.load_model(model_config, info.num_classes, path)
+        target = exporter.export_saved_model(
+            model, export_dir, version, num_steps=num_steps, max_image_size=max_image_size,
+            fast=fast and mixed_precision == "float32", input_scale=input_scale,
+            probabilities=probabilities,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     logging.info("Exported %s (T = %d) to %s", path, num_steps, target)
     print(target)
     return target
@@ -92,7 +107,7 @@ def export_from_flags():
         command_flags.model_config("ciss"), FLAGS.dataset, FLAGS.checkpoint, FLAGS.export_dir,
         version=FLAGS.version, num_steps=FLAGS.unroll_steps,
         max_image_size=FLAGS.max_image_size, fast=FLAGS.fast, input_scale=FLAGS.input_scale,
-        probabilities=FLAGS.probabilities,
+        probabilities=FLAGS.probabilities, mixed_precision=FLAGS.mixed_precision,
     )
 
 

@@ -3,6 +3,7 @@
 
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -36,6 +37,31 @@ def test_checkpoint_exports_as_its_step_without_probabilities_unless_asked(
 
     with pytest.raises(ValueError, match=f"{export_dir / '7'} exists already"):
         export.export_checkpoint(TINY, "synthetic", varied_checkpoint, str(export_dir))
+
+
+def test_bfloat16_export_serves_the_float32_predictions_in_bfloat16(varied_checkpoint,
+                                                                    tmp_path):
+    float32 = export.export_checkpoint(TINY, "synthetic", varied_checkpoint,
+                                       str(tmp_path / "f32"), probabilities=True)
+    bfloat16 = export.export_checkpoint(TINY, "synthetic", varied_checkpoint,
+                                        str(tmp_path / "bf16"), probabilities=True,
+                                        mixed_precision="mixed_bfloat16")
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    images = tf.constant(
+        np.random.default_rng(1).integers(0, 256, (2, 37, 53, 3), dtype=np.uint8))
+    want, got = (tf.saved_model.load(path).signatures["serving_default"](images=images)
+                 for path in (float32, bfloat16))
+    assert {k: v.dtype for k, v in got.items()} == {k: v.dtype for k, v in want.items()}
+    # The graph computes in bfloat16 (8 significant bits): the probabilities differ, by
+    # about bfloat16's rounding, and most labels agree.
+    difference = float(tf.reduce_max(tf.abs(got["probabilities"] - want["probabilities"])))
+    assert 1e-4 < difference < 0.1
+    assert float(tf.reduce_mean(tf.cast(got["labels"] == want["labels"], tf.float32))) > 0.9
+    graph = tf.saved_model.load(bfloat16).signatures["serving_default"].graph.as_graph_def()
+    types = [tf.as_dtype(n.attr["T"].type) for f in graph.library.function
+             for n in f.node_def if n.op == "Conv2D"]
+    # The convs run in bfloat16 but for the float32 classifiers of the class logits.
+    assert types.count(tf.bfloat16) > 3 * types.count(tf.float32) > 0
 
 
 def test_a_remote_export_dir_is_refused_before_writing(varied_checkpoint, tmp_path,
