@@ -5,8 +5,8 @@ gradients on each in turn and adds them up. The losses are reduced by the global
 the whole update (`losses`), so the sum is the gradient of the whole batch: the update of
 one `N`-times batch (exactly for per-image norms such as GroupNorm; batch norm sees a
 micro-batch's statistics, as it sees one GPU's). A control dependency starts each
-micro-batch after the previous one's gradients, so one micro-batch's activations live at a
-time.
+micro-batch after the previous one's gradients are added up, so one micro-batch's
+activations and gradients live at a time.
 """
 
 import tensorflow as tf
@@ -51,5 +51,7 @@ def accumulate(gradient_fn, batch, micro_batches):
         terms = micro_terms if terms is None else {
             name: value + micro_terms[name] for name, value in terms.items()
         }
-        dependencies = [g for g in micro_gradients if g is not None]
+        # Waiting for the running sums (not just this part's gradients) keeps one part's
+        # gradients alive at a time: Grappler cannot fuse the additions into one AddN.
+        dependencies = [g for g in gradients if g is not None]
     return terms, gradients

@@ -139,7 +139,10 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
         step_gradients = add_gradients(step_gradients, grads[: len(variables)])
         shared_gradients = add_gradients(shared_gradients, grads[len(variables):])
         per_step.append({name: tf.stop_gradient(v) for name, v in terms.items()})
-        dependencies = [g for g in grads if g is not None]
+        # The next step waits for the running sums, not just this step's gradients: then
+        # each sum is done before the next step (one step's gradients alive at a time), and
+        # Grappler cannot fuse the chain of additions into one AddN over every step's.
+        dependencies = [g for g in step_gradients + shared_gradients if g is not None]
 
     for variable, value in zip(state, recorded, strict=True):
         variable.assign(value)
