@@ -263,12 +263,12 @@ class CissNet(keras.Model):
 
         outputs = {
             "logits": tf.stack(logits),
-            "context": _stack(contexts, tf.int32, base_logits),
-            "actions": _stack(actions, tf.int32, base_logits),
+            "context": stack_steps(contexts, tf.int32, base_logits),
+            "actions": stack_steps(actions, tf.int32, base_logits),
         }
         if learned:
-            outputs["policy_logits"] = _stack(policies, tf.float32, base_logits, (2,))
-            outputs["values"] = _stack(values, tf.float32, base_logits)
+            outputs["policy_logits"] = stack_steps(policies, tf.float32, base_logits, (2,))
+            outputs["values"] = stack_steps(values, tf.float32, base_logits)
             if bootstrap:
                 outputs["bootstrap_value"] = self.policy_and_value(
                     context_in, logits[-1], training, projected
@@ -319,7 +319,7 @@ class CissNet(keras.Model):
         }
 
 
-def _stack(tensors, dtype, like, channels=()):
+def stack_steps(tensors, dtype, like, channels=()):
     """Stacks per-step tensors; with T = 0 returns an empty `[0, B, h, w, *channels]`."""
     if tensors:
         return tf.stack(tensors)

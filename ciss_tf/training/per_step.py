@@ -29,6 +29,7 @@ the single tape's up to float rounding (the sums run in another order).
 
 import tensorflow as tf
 
+from ciss_tf.modeling.ciss_net import stack_steps
 from ciss_tf.training import losses
 from ciss_tf.training.gradients import add_gradients, after
 
@@ -83,8 +84,8 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
         actions.append(action)
         logits.append(base + model.bias_logits(bias_in, context, True))
     episode = {
-        "logits": tf.stack(logits), "context": _stack(contexts, base),
-        "actions": _stack(actions, base),
+        "logits": tf.stack(logits), "context": stack_steps(contexts, tf.int32, base),
+        "actions": stack_steps(actions, tf.int32, base),
     }
     rewards = returns = None
     if learned:
@@ -160,9 +161,3 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
     )
     return all_terms, grads
 
-
-def _stack(tensors, like):
-    """Stacks per-step int maps; with T = 0 an empty `[0, B, h, w]`."""
-    if tensors:
-        return tf.stack(tensors)
-    return tf.zeros(tf.concat([[0], tf.shape(like)[:3]], 0), tf.int32)
