@@ -136,17 +136,91 @@ def test_start_index_resumes_the_exact_stream(constant_pattern):
     assert not np.array_equal(other_seed["image"], reference["image"][:8])
 
 
-def test_input_context_splits_the_global_stream(constant_pattern):
-    reference = flatten(train(constant_pattern, batch_size=1), 12)
-    context = tf.distribute.InputContext(
-        num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2
+def context(num_pipelines, pipeline_id):
+    return tf.distribute.InputContext(
+        num_input_pipelines=num_pipelines, input_pipeline_id=pipeline_id,
+        num_replicas_in_sync=num_pipelines,
     )
-    part = flatten(train(constant_pattern, batch_size=4, input_context=context, start_index=4), 2)
+
+
+def test_input_context_splits_the_global_stream(tmp_path):
+    # One file for two pipelines: each keeps every other element of the one global stream.
+    pattern = write_shards(tmp_path, "train", constant_examples(21), 1)
+    reference = flatten(train(pattern, batch_size=1), 12)
+    part = flatten(train(pattern, batch_size=4, input_context=context(2, 1), start_index=4), 2)
     assert part["image"].shape[0] == 4  # two batches of 4 // 2
     np.testing.assert_array_equal(part["sample_id"], [5, 7, 9, 11])
     np.testing.assert_array_equal(part["image"], reference["image"][[5, 7, 9, 11]])
     with pytest.raises(ValueError, match="multiple of the 2 input pipelines"):
-        train(constant_pattern, input_context=context, start_index=3)
+        train(pattern, input_context=context(2, 1), start_index=3)
+
+
+def test_pipelines_read_only_their_own_files_and_resume(constant_pattern):
+    # Three files (record k in file k % 3) for two pipelines: pipeline 0 reads files 0 and 2
+    # (14 records), pipeline 1 file 1 (7 records); each epoch of its own stream shows each
+    # of its records once and no other.
+    own = {0: [k for k in range(21) if k % 3 != 1], 1: [k for k in range(21) if k % 3 == 1]}
+    for i in (0, 1):
+        stream = flatten(train(constant_pattern, batch_size=2, input_context=context(2, i)),
+                         2 * len(own[i]))
+        np.testing.assert_array_equal(stream["sample_id"],
+                                      np.arange(2 * len(own[i])) * 2 + i)
+        ids = [int(round(rgb_of(img)[0, 0, 0])) for img in stream["image"]]
+        epoch = len(own[i])
+        assert sorted(ids[:epoch]) == own[i] and sorted(ids[epoch:]) == own[i]
+        # Resuming at global element 2 * k starts this pipeline at its element k.
+        for start in (6, 14, 20):
+            resumed = flatten(train(constant_pattern, batch_size=2, input_context=context(2, i),
+                                    start_index=start), 2)
+            np.testing.assert_array_equal(resumed["image"],
+                                          stream["image"][start // 2 : start // 2 + 2])
+            np.testing.assert_array_equal(resumed["sample_id"],
+                                          stream["sample_id"][start // 2 : start // 2 + 2])
+
+
+def resize_then_crop(image, label, *, seed, crop_size, min_scale, max_scale, ignore_label):
+    """The augmentation done the direct way: scale the whole image, pad, crop, mirror."""
+    crop_h, crop_w = crop_size
+    scale_seed, y_seed, x_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 4, alg="philox"))
+    scale = tf.random.stateless_uniform([], scale_seed, min_scale, max_scale, alg="philox")
+    new_size = preprocessing.scaled_size(tf.shape(label), scale)
+    image = tf.image.resize(preprocessing.normalize_image(image), new_size, method="bilinear")
+    label = tf.image.resize(label[..., None], new_size, method="nearest")[..., 0]
+    pad_h, pad_w = tf.maximum(crop_h - new_size[0], 0), tf.maximum(crop_w - new_size[1], 0)
+    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+    label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
+    top = tf.random.stateless_uniform([], y_seed, 0, new_size[0] + pad_h - crop_h + 1,
+                                      dtype=tf.int32, alg="philox")
+    left = tf.random.stateless_uniform([], x_seed, 0, new_size[1] + pad_w - crop_w + 1,
+                                       dtype=tf.int32, alg="philox")
+    image = image[top : top + crop_h, left : left + crop_w]
+    label = label[top : top + crop_h, left : left + crop_w]
+    if tf.random.stateless_uniform([], flip_seed, alg="philox") < 0.5:
+        image, label = image[:, ::-1], label[:, ::-1]
+    return image, label
+
+
+def test_augment_crops_before_resizing_with_the_values_of_resizing_first():
+    # Random sizes, crops and scales 0.3-2.7 (enlarged, shrunk, padded): the crop-first
+    # augmentation gives what scaling the whole image first gives: the same labels, and
+    # image values up to float32 rounding (values below 256, spacing 1.5e-5, six rounded
+    # operations in another order; a wrong source pixel moves a value by tens).
+    rng = np.random.default_rng(0)
+    kinds = set()
+    for trial in range(60):
+        h, w = (int(v) for v in rng.integers(5, 90, 2))
+        image = tf.constant(rng.integers(0, 256, (h, w, 3)), tf.uint8)
+        label = tf.constant(rng.integers(0, 20, (h, w)), tf.int32)
+        options = dict(seed=tf.constant([trial, 7], tf.int64),
+                       crop_size=tuple(int(v) for v in rng.integers(3, 60, 2)),
+                       min_scale=0.3, max_scale=2.7, ignore_label=255)
+        got = ip.augment(image, label, **options)
+        want = resize_then_crop(image, label, **options)
+        np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=0, atol=2e-4)
+        np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+        kinds.add("padded" if (got[1].numpy() == 255).any() else "inside")
+    assert kinds == {"padded", "inside"}
 
 
 # --- Evaluation ---------------------------------------------------------------------------

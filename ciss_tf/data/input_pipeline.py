@@ -17,10 +17,16 @@ epoch never cross into the next one. A window shuffle mixes less than a sliding
 the raw readers give the train split in a random order, so any window is already a random
 sample of it.
 
-With a `tf.distribute.InputContext`, input pipeline `i` of `n` keeps the elements with
-`k % n == i` of that single global stream (every pipeline reads all records, but decodes
-only its own), so resume stays exact whatever the number of workers. `start_index` must
-then be a multiple of `n`, as `step * global_batch` is.
+With a `tf.distribute.InputContext` of `n` input pipelines (one per worker):
+
+* when there are at least `n` shard files, pipeline `i` reads only files `i, i + n, ...`
+  as a stream of its own (order keyed by (seed, i)); its element `k` is global element
+  `k * n + i`. Each worker reads 1/n of the data, and resume is exact for the same `n`;
+* with fewer files, pipeline `i` keeps the elements with `k % n == i` of the single
+  global stream (it reads every record but decodes only its own), so resume is exact
+  whatever the number of workers.
+
+`start_index` must be a multiple of `n`, as `step * global_batch` is.
 """
 
 import tensorflow as tf
@@ -95,10 +101,7 @@ def train_dataset(
         FileNotFoundError, ValueError: missing, empty or truncated shards, or a
             `start_index` that is not a multiple of the number of input pipelines.
     """
-    paths, counts = tfrecord.check_shards(file_pattern)
-    epoch_size = sum(counts)
-    if epoch_size == 0:
-        raise ValueError(f"No records in {file_pattern}")
+    paths = tfrecord.list_shards(file_pattern)
     num_pipelines, pipeline_id, local_batch = 1, 0, batch_size
     if input_context is not None:
         num_pipelines = input_context.num_input_pipelines
@@ -109,8 +112,15 @@ def train_dataset(
             f"start_index={start_index} must be a non-negative multiple of the "
             f"{num_pipelines} input pipelines"
         )
-    first_epoch, offset = divmod(start_index, epoch_size)
+    # With a file for every pipeline, each reads only its own files as a stream of its own.
+    by_file = 1 < num_pipelines <= len(paths)
     order_seed = _fold([seed, 0], _ORDER_KEY)
+    if by_file:
+        paths = paths[pipeline_id::num_pipelines]
+        order_seed = _fold(order_seed, pipeline_id)
+    epoch_size = sum(tfrecord.count_records(path) for path in paths)
+    if epoch_size == 0:
+        raise ValueError(f"No records in {', '.join(paths)}")
     augment_seed = _fold([seed, 0], _AUGMENT_KEY)
 
     def epoch_records(epoch):
@@ -132,15 +142,22 @@ def train_dataset(
             )
         ).unbatch()
 
+    first = start_index // num_pipelines if by_file else start_index
+    first_epoch, offset = divmod(first, epoch_size)
     records = tf.data.Dataset.counter(first_epoch).flat_map(epoch_records).skip(offset)
-    dataset = tf.data.Dataset.zip((tf.data.Dataset.counter(start_index), records))
-    if num_pipelines > 1:
-        dataset = dataset.shard(num_pipelines, pipeline_id)
+    if by_file:
+        # Element k of this pipeline's stream is global element k * n + i.
+        ids = tf.data.Dataset.counter(first).map(lambda k: k * num_pipelines + pipeline_id)
+        dataset = tf.data.Dataset.zip((ids, records))
+    else:
+        dataset = tf.data.Dataset.zip((tf.data.Dataset.counter(start_index), records))
+        if num_pipelines > 1:
+            dataset = dataset.shard(num_pipelines, pipeline_id)
 
     def prepare(sample_id, serialized):
         example = _decode(serialized, num_classes, ignore_label)
         image, label = augment(
-            preprocessing.normalize_image(example["image"]),
+            example["image"],
             example["label"],
             seed=_fold(augment_seed, sample_id),
             crop_size=crop_size,
@@ -164,10 +181,18 @@ def augment(
     max_scale: float,
     ignore_label: int,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random scale, pad, crop and mirror of one normalised image and its label.
+    """Random scale, pad, crop and mirror of one decoded image and its label.
+
+    The result is that of scaling the whole image (image bilinear, label nearest, as
+    `tf.image.resize` with half-pixel centres), padding it at the bottom and right up to
+    the crop (image with the mean pixel, label with `ignore_label`), cropping and mirroring.
+    It is computed in the other order: the crop window is drawn in the scaled frame, and
+    only the source pixels that window reads are gathered, cast and interpolated, so the
+    cost follows the crop, not the image (a 2048x1024 Cityscapes image at scale 2 would
+    otherwise be resized whole to 4096x2048 floats for one 713x713 crop).
 
     Args:
-        image: float32 [H, W, 3], already normalised (so 0 is the mean pixel).
+        image: [H, W, 3] as decoded (uint8 RGB).
         label: int32 [H, W].
         seed: int64 [2] stateless seed; equal seeds give equal results.
         crop_size: (height, width) of the output.
@@ -176,36 +201,79 @@ def augment(
         ignore_label: label of the padding.
 
     Returns:
-        (image float32 [crop_h, crop_w, 3], label int32 [crop_h, crop_w]).
+        (image float32 [crop_h, crop_w, 3] normalised, label int32 [crop_h, crop_w]).
     """
     crop_h, crop_w = crop_size
     scale_seed, y_seed, x_seed, flip_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 4, alg=_RNG_ALG)
     )
     scale = tf.random.stateless_uniform([], scale_seed, min_scale, max_scale, alg=_RNG_ALG)
-    new_size = preprocessing.scaled_size(tf.shape(label), scale)
-    image = tf.image.resize(image, new_size, method="bilinear")
-    label = tf.image.resize(label[..., None], new_size, method="nearest")[..., 0]
-
-    pad_h = tf.maximum(crop_h - new_size[0], 0)
-    pad_w = tf.maximum(crop_w - new_size[1], 0)
-    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
-    label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
-
+    size = tf.shape(label)
+    new_size = preprocessing.scaled_size(size, scale)
+    # The window's corner in the scaled frame padded up to the crop.
     top = tf.random.stateless_uniform(
-        [], y_seed, 0, new_size[0] + pad_h - crop_h + 1, dtype=tf.int32, alg=_RNG_ALG
+        [], y_seed, 0, tf.maximum(new_size[0], crop_h) - crop_h + 1, dtype=tf.int32,
+        alg=_RNG_ALG,
     )
     left = tf.random.stateless_uniform(
-        [], x_seed, 0, new_size[1] + pad_w - crop_w + 1, dtype=tf.int32, alg=_RNG_ALG
+        [], x_seed, 0, tf.maximum(new_size[1], crop_w) - crop_w + 1, dtype=tf.int32,
+        alg=_RNG_ALG,
     )
-    image = image[top : top + crop_h, left : left + crop_w]
-    label = label[top : top + crop_h, left : left + crop_w]
+    # The window's rows and columns that show the image; the rest is padding.
+    rows = tf.range(top, tf.minimum(top + crop_h, new_size[0]))
+    cols = tf.range(left, tf.minimum(left + crop_w, new_size[1]))
+    image = _bilinear_window(image, rows, cols, size, new_size)
+    label = tf.gather(
+        tf.gather(label, _nearest_taps(rows, size[0], new_size[0])),
+        _nearest_taps(cols, size[1], new_size[1]), axis=1,
+    )
+    pad_h, pad_w = crop_h - tf.size(rows), crop_w - tf.size(cols)
+    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+    label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
 
     mirror = tf.random.stateless_uniform([], flip_seed, alg=_RNG_ALG) < 0.5
     image, label = tf.cond(mirror, lambda: (image[:, ::-1], label[:, ::-1]), lambda: (image, label))
     image.set_shape([crop_h, crop_w, 3])
     label.set_shape([crop_h, crop_w])
     return image, label
+
+
+def _nearest_taps(out_index, in_size, out_size):
+    """Source index of each output index, as TF's half-pixel nearest resize picks it."""
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    position = tf.floor((tf.cast(out_index, tf.float32) + 0.5) * scale)
+    return tf.clip_by_value(tf.cast(position, tf.int32), 0, in_size - 1)
+
+
+def _linear_taps(out_index, in_size, out_size):
+    """(lower, upper, weight of upper) of each output index, as TF's half-pixel bilinear."""
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    position = (tf.cast(out_index, tf.float32) + 0.5) * scale - 0.5
+    lower = tf.floor(position)
+    return (
+        tf.maximum(tf.cast(lower, tf.int32), 0),
+        tf.minimum(tf.cast(tf.math.ceil(position), tf.int32), in_size - 1),
+        position - lower,
+    )
+
+
+def _bilinear_window(image, rows, cols, size, new_size):
+    """Normalised pixels `rows` x `cols` of `image` bilinearly resized to `new_size`.
+
+    Only the source rows the window reads are gathered and cast; the columns are
+    interpolated from the span of columns it reads. The values are those of
+    `tf.image.resize` on the whole normalised image up to float32 rounding (the order of
+    the operations differs).
+    """
+    top, bottom, dy = _linear_taps(rows, size[0], new_size[0])
+    left, right, dx = _linear_taps(cols, size[1], new_size[1])
+    first, last = left[0], right[-1] + 1
+    upper = tf.cast(tf.gather(image, top)[:, first:last], tf.float32)
+    lower = tf.cast(tf.gather(image, bottom)[:, first:last], tf.float32)
+    along_cols = upper + (lower - upper) * dy[:, None, None]
+    west = tf.gather(along_cols, left - first, axis=1)
+    east = tf.gather(along_cols, right - first, axis=1)
+    return preprocessing.normalize_image(west + (east - west) * dx[None, :, None])
 
 
 def eval_dataset(

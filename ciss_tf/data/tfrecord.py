@@ -135,10 +135,7 @@ def decode_features(features: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 def check_shards(file_pattern: str) -> tuple[list[str], list[int]]:
     """Lists the shards matching a pattern and counts their records without decoding them.
 
-    Only the record headers are read (one seek per record), so this is cheap even for large
-    datasets. It catches the failures that would otherwise surface deep inside a running
-    `tf.data` pipeline without a file name: no matching file, a shard missing from an
-    `-of-MMMMM` set, and a truncated file.
+    `list_shards`, then `count_records` of each.
 
     Args:
         file_pattern: glob such as `/data/train-*-of-*.tfrecord`.
@@ -150,29 +147,32 @@ def check_shards(file_pattern: str) -> tuple[list[str], list[int]]:
         FileNotFoundError: nothing matches, or a shard of a numbered set is missing.
         ValueError: a shard is truncated or not a TFRecord file (the message names it).
     """
+    paths = list_shards(file_pattern)
+    return paths, [count_records(path) for path in paths]
+
+
+def list_shards(file_pattern: str) -> list[str]:
+    """The sorted shards matching a pattern, checked to form complete `-of-MMMMM` sets.
+
+    Raises:
+        FileNotFoundError: nothing matches, or a shard of a numbered set is missing.
+    """
     paths = sorted(tf.io.gfile.glob(file_pattern))
     if not paths:
         raise FileNotFoundError(f"No TFRecord file matches {file_pattern}")
     _check_complete_sets(paths)
-    return paths, [_count_records(path) for path in paths]
+    return paths
 
 
-def _check_complete_sets(paths: list[str]) -> None:
-    sets: dict[tuple[str, str, int], set[int]] = {}
-    for path in paths:
-        match = _SHARD_RE.match(os.path.basename(path))
-        if match:
-            key = (os.path.dirname(path), match["split"], int(match["count"]))
-            sets.setdefault(key, set()).add(int(match["index"]))
-    for (directory, split, count), present in sets.items():
-        missing = sorted(set(range(count)) - present)
-        if missing:
-            raise FileNotFoundError(
-                "Missing shard " + os.path.join(directory, shard_name(split, missing[0], count))
-            )
+def count_records(path: str) -> int:
+    """The records of one TFRecord file, counted from their headers (one seek per record).
 
+    Cheap even for large files; it catches the truncated file that would otherwise
+    surface deep inside a running `tf.data` pipeline without a file name.
 
-def _count_records(path: str) -> int:
+    Raises:
+        ValueError: the file is truncated or not a TFRecord file (the message names it).
+    """
     size = tf.io.gfile.stat(path).length
     count = offset = 0
     with tf.io.gfile.GFile(path, "rb") as f:
@@ -190,3 +190,18 @@ def _count_records(path: str) -> int:
                 )
             count += 1
     return count
+
+
+def _check_complete_sets(paths: list[str]) -> None:
+    sets: dict[tuple[str, str, int], set[int]] = {}
+    for path in paths:
+        match = _SHARD_RE.match(os.path.basename(path))
+        if match:
+            key = (os.path.dirname(path), match["split"], int(match["count"]))
+            sets.setdefault(key, set()).add(int(match["index"]))
+    for (directory, split, count), present in sets.items():
+        missing = sorted(set(range(count)) - present)
+        if missing:
+            raise FileNotFoundError(
+                "Missing shard " + os.path.join(directory, shard_name(split, missing[0], count))
+            )

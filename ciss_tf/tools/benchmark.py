@@ -34,9 +34,10 @@ SETTINGS = {
     "tiny": ("tiny", "synthetic", 64),
 }
 SECTIONS = ("inference", "train", "pipeline")
-# Records of the input-pipeline measurement: ADE20K's typical size, or small for `tiny`.
-RECORD_SIZES = {"tiny": (96, 96)}
-DEFAULT_RECORD_SIZE = (512, 683)
+# Records of the input-pipeline measurement, (height, width, image format): Cityscapes'
+# PNGs for its preset, ADE20K's typical JPEG otherwise, small for `tiny`.
+RECORDS = {"tiny": (96, 96, "jpeg"), "resnet101": (1024, 2048, "png")}
+DEFAULT_RECORDS = (512, 683, "jpeg")
 NUM_RECORDS = 16
 
 
@@ -277,44 +278,56 @@ def measure_training(cfg):
     return stages, sweep
 
 
-def write_records(directory, count, height, width):
-    """Writes `count` synthetic scenes as JPEG + PNG records in two train shards."""
+def write_records(directory, count, height, width, image_format="jpeg"):
+    """Writes `count` synthetic scenes (image as `image_format`, label PNG) in two shards."""
     paths = [os.path.join(directory, tfrecord.shard_name("train", i, 2)) for i in range(2)]
     with contextlib.ExitStack() as stack:
         writers = [stack.enter_context(tf.io.TFRecordWriter(path)) for path in paths]
         for index in range(count):
             image, label = synthetic.generate_example(0, "train", index, height, width)
-            jpeg = cv2.imencode(".jpg", image[..., ::-1])[1].tobytes()
+            suffix = ".jpg" if image_format == "jpeg" else ".png"
+            encoded = cv2.imencode(suffix, image[..., ::-1])[1].tobytes()
             png = cv2.imencode(".png", label)[1].tobytes()
             example = tfrecord.make_example(
-                image_encoded=jpeg, image_format="jpeg", label_png=png,
-                filename=f"bench_{index}.jpg", height=height, width=width,
+                image_encoded=encoded, image_format=image_format, label_png=png,
+                filename=f"bench_{index}{suffix}", height=height, width=width,
             )
             writers[index % 2].write(example.SerializeToString())
     return os.path.join(directory, "train-*-of-*.tfrecord")
 
 
 def measure_pipeline(cfg, num_classes):
-    """Images per second of `input_pipeline.train_dataset` alone."""
+    """Images per second of `input_pipeline.train_dataset` alone, on all cores and on one.
+
+    The one-core figure runs the pipeline on a private pool of one thread, so it does not
+    depend on how busy the other cores are.
+    """
     logging.info("input pipeline")
-    record_size = RECORD_SIZES.get(cfg.preset, DEFAULT_RECORD_SIZE)
+    height, width, image_format = RECORDS.get(cfg.preset, DEFAULT_RECORDS)
+    one_core = tf.data.Options()
+    one_core.threading.private_threadpool_size = 1
+    one_core.threading.max_intra_op_parallelism = 1
+    results = {"record_size": [height, width], "record_format": image_format,
+               "crop": list(cfg.size), "batch": cfg.train_batch,
+               "batches": cfg.pipeline_batches}
     with tempfile.TemporaryDirectory() as directory:
-        pattern = write_records(directory, NUM_RECORDS, *record_size)
-        dataset = input_pipeline.train_dataset(
-            pattern, crop_size=cfg.size, batch_size=cfg.train_batch, seed=0,
-            num_classes=num_classes,
-        )
-        iterator = iter(dataset)
-        next(iterator)
-        start = time.perf_counter()
-        for _ in range(cfg.pipeline_batches):
-            next(iterator)["image"].numpy()
-        seconds = time.perf_counter() - start
-    return {
-        "record_size": list(record_size), "crop": list(cfg.size), "batch": cfg.train_batch,
-        "batches": cfg.pipeline_batches, "seconds": seconds,
-        "images_per_second": cfg.pipeline_batches * cfg.train_batch / seconds,
-    }
+        pattern = write_records(directory, NUM_RECORDS, height, width, image_format)
+        for key, options in (("", None), ("_one_core", one_core)):
+            dataset = input_pipeline.train_dataset(
+                pattern, crop_size=cfg.size, batch_size=cfg.train_batch, seed=0,
+                num_classes=num_classes,
+            )
+            if options is not None:
+                dataset = dataset.with_options(options)
+            iterator = iter(dataset)
+            next(iterator)
+            start = time.perf_counter()
+            for _ in range(cfg.pipeline_batches):
+                next(iterator)["image"].numpy()
+            seconds = time.perf_counter() - start
+            results["seconds" + key] = seconds
+            results["images_per_second" + key] = cfg.pipeline_batches * cfg.train_batch / seconds
+    return results
 
 
 def summarise(inference, reference):
