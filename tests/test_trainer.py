@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import ENV, ROOT
-from training_runs import TINY, assert_same_weights, train, weights
+from training_runs import TINY, assert_same_weights, new_collective_keys, scalars, train, weights
 
+from ciss_tf.data import datasets, input_pipeline
+from ciss_tf.evaluation import evaluator
 from ciss_tf.modeling import checkpoints, config
 from ciss_tf.training import trainer
 
@@ -90,6 +92,39 @@ def test_settings_that_make_no_run_are_refused_naming_the_flag(synthetic_records
     assert not (tmp_path / "n").exists()
 
 
+def assert_periodic_eval_scores_the_checkpoint(data_dir, model_dir, step, images):
+    """The eval summaries at `step` equal an evaluation of `ckpt-<step>` in this process."""
+    logged = scalars(model_dir, "eval")
+    steps = sorted(int(tag[len("miou/t"):]) for tag, at in logged
+                   if tag.startswith("miou/") and at == step)
+    assert steps and steps[0] == 0
+    model, _ = checkpoints.load_run(str(model_dir))
+    checkpoints.restore_model(model, str(model_dir / f"ckpt-{step}"))
+    pattern = input_pipeline.split_file_pattern(str(data_dir), "val")
+    expected = evaluator.evaluate_model(
+        model, input_pipeline.eval_dataset(pattern, num_classes=8).take(images),
+        num_classes=8, eval_steps=steps,
+    )
+    for t in steps:
+        assert logged[f"miou/t{t}", step] == pytest.approx(expected["steps"][str(t)]["miou"],
+                                                           abs=1e-6)
+
+
+def test_periodic_evaluation_scores_the_weights_of_that_step(synthetic_records, tmp_path):
+    model_dir = tmp_path / "eval"
+    train(synthetic_records, model_dir, "--max_steps=2", "--eval_every=2", "--eval_images=2")
+    assert datasets.get_dataset_info("synthetic").num_classes == 8
+    assert_periodic_eval_scores_the_checkpoint(synthetic_records, model_dir, 2, 2)
+
+
+def test_sum_over_workers_counts_each_worker_once():
+    # One worker with two replicas: its array enters once, not once per replica.
+    new_collective_keys()
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    array = np.array([3, 0, 7, 2**40], np.int64)
+    np.testing.assert_array_equal(trainer.sum_over_workers(strategy, array), array)
+
+
 def _free_ports(count):
     """`count` distinct free ports (all bound at once, so never the same one twice)."""
     sockets = [socket.socket() for _ in range(count)]
@@ -140,10 +175,14 @@ def test_multi_worker_trains_writes_one_checkpoint_and_resumes_from_the_chiefs(
     # The other worker's scratch copy is gone (a local disk): it resumes from the chief's
     # checkpoint, at the same step, instead of starting over and hanging the collectives.
     tf.io.gfile.rmtree(str(model_dir / "workers"))
-    errors = _multi_worker_run(synthetic_records, model_dir, 2)
+    # With periodic evaluation: each worker scores one of the two val images; the chief's
+    # summary holds the scores of both, summed over the workers.
+    errors = _multi_worker_run(synthetic_records, model_dir, 2, "--eval_every=2",
+                               "--eval_images=2")
     for err in errors:
         assert f"Resumed from {model_dir / 'ckpt-1'} at step 1" in err
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-2")
+    assert_periodic_eval_scores_the_checkpoint(synthetic_records, model_dir, 2, 2)
 
 
 @pytest.mark.slow

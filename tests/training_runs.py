@@ -93,10 +93,10 @@ def assert_same_weights(a, b, atol):
             np.testing.assert_allclose(a[name], b[name], atol=atol, rtol=0, err_msg=name)
 
 
-def scalars(model_dir):
-    """`{(tag, step): value}` of the TensorBoard events in `model_dir/train`."""
+def scalars(model_dir, folder="train"):
+    """`{(tag, step): value}` of the TensorBoard events in `model_dir/<folder>`."""
     values = {}
-    for path in glob.glob(os.path.join(model_dir, "train", "events.*")):
+    for path in glob.glob(os.path.join(model_dir, folder, "events.*")):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 values[value.tag, event.step] = tf.make_ndarray(value.tensor)

@@ -71,7 +71,7 @@ class EvalConfig:
 def evaluate_model(model, dataset, *, num_classes, eval_steps=DEFAULT_EVAL_STEPS,
                    ignore_label=datasets.IGNORE_LABEL, scales=(1.0,), flip=False,
                    crop_size=None, policy="greedy", seed=0, on_prediction=None,
-                   progress=False):
+                   progress=False, combine=None):
     """Scores a model on a dataset at several unrolled steps.
 
     Args:
@@ -88,6 +88,9 @@ def evaluate_model(model, dataset, *, num_classes, eval_steps=DEFAULT_EVAL_STEPS
       seed: seed of the sampled actions (keyed by the image's index in `dataset`).
       on_prediction: optional `fn(filename, {t: int32 [H, W] class ids})`, called per image.
       progress: show a progress bar on stderr.
+      combine: optional `fn(confusion, count) -> (confusion, count)` applied to this
+        dataset's int64 confusion matrices `[len(eval_steps), Nc, Nc]` and image count
+        before scoring: the trainer sums them over workers that each scored a share.
 
     Returns:
       `{"steps": {"<t>": scores}, "num_images": n}`, with `scores` the dict of
@@ -131,6 +134,8 @@ def evaluate_model(model, dataset, *, num_classes, eval_steps=DEFAULT_EVAL_STEPS
             bar.update(count)
     if bar is not None:
         bar.close()
+    if combine is not None:
+        confusion, count = combine(confusion, count)
     if count == 0:
         raise ValueError("no images to evaluate")
     return {

@@ -63,7 +63,7 @@ def format_table(results):
         ratio = pipeline.get("ratio_to_fastest_train_step")
         lines.append(
             f"input pipeline: {pipeline['images_per_second']:.1f} img/s"
-            f" ({pipeline['images_per_second_one_core']:.1f} on one core)"
+            f" ({pipeline['images_per_cpu_second']:.1f} per CPU second)"
             + (f" = {ratio:.1f}x the fastest train step" if ratio else "")
         )
     return "\n".join(lines)

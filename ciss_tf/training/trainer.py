@@ -18,6 +18,7 @@ import os
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -217,13 +218,7 @@ def _refuse_what_xla_cannot_compile(cfg, replicas):
 
 
 def _is_chief(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    return resolver.task_type in (None, "chief") or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-        and "chief" not in resolver.cluster_spec().as_dict()
-    )
+    return _worker_position(strategy)[1] == 0
 
 
 def _checkpoint_dir(strategy, model_dir):
@@ -311,8 +306,8 @@ def train(cfg):
             panel = task.image_panel(trainer.model, preview)
             with writer.as_default(step=step):
                 tf.summary.image("steps/input_gt_pmap_context", panel, max_outputs=len(panel))
-        if cfg.eval_every and step % cfg.eval_every == 0 and chief:
-            _evaluate(trainer, step)
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            _evaluate(trainer, step, chief)
         if saves:
             if not trainer.weights_are_finite():
                 raise NonFiniteLossError(
@@ -370,16 +365,32 @@ class _NonFiniteGuard:
         )
 
 
-def _evaluate(trainer, step):
+def _evaluate(trainer, step, chief):
+    """Periodic evaluation on the first `eval_images` of the eval split; the chief reports.
+
+    Every worker calls it: each scores its share of the images (eagerly, on its own copy
+    of the weights) and the confusion matrices are summed over the workers through the
+    strategy, so no worker waits in an all-reduce while the chief evaluates alone.
+    """
     info = trainer.info
+    workers, worker = _worker_position(trainer.strategy)
     pattern = input_pipeline.split_file_pattern(trainer.cfg.data.data_dir, info.eval_split)
     dataset = input_pipeline.eval_dataset(pattern, num_classes=info.num_classes).take(
         trainer.cfg.eval_images
-    )
+    ).shard(workers, worker)
+
+    def over_workers(confusion, count):
+        packed = np.append(confusion.ravel(), count)
+        total = sum_over_workers(trainer.strategy, packed)
+        return total[:-1].reshape(confusion.shape), int(total[-1])
+
     results = evaluator.evaluate_model(
         trainer.model, dataset, num_classes=info.num_classes,
         eval_steps=trainer.task.eval_steps, scales=(trainer.cfg.input_scale,),
+        combine=over_workers if workers > 1 else None,
     )
+    if not chief:
+        return
     writer = tf.summary.create_file_writer(os.path.join(trainer.cfg.model_dir, "eval"))
     with writer.as_default(step=step):
         for t, scores in results["steps"].items():
@@ -390,3 +401,28 @@ def _evaluate(trainer, step):
         "eval at step %d: %s", step,
         "  ".join(f"t={t} mIoU {s['miou']:.4f}" for t, s in results["steps"].items()),
     )
+
+
+def _worker_position(strategy):
+    """(number of workers, this worker's index), the chief first; (1, 0) on one machine."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not spec:
+        return 1, 0
+    chiefs = len(spec.get("chief", []))
+    index = 0 if resolver.task_type == "chief" else chiefs + resolver.task_id
+    return chiefs + len(spec.get("worker", [])), index
+
+
+def sum_over_workers(strategy, array):
+    """The sum over the workers of each worker's int64 `array` (an all-reduce; all call it).
+
+    Each worker's array enters once: on its first local replica, zeros on the others.
+    """
+    value = tf.constant(array, tf.int64)
+    local_replicas = len(strategy.extended.worker_devices)
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda context: value if context.replica_id_in_sync_group % local_replicas == 0
+        else tf.zeros_like(value)
+    )
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
