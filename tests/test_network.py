@@ -171,6 +171,32 @@ def test_step_zero_is_the_base_net_alone_and_base_logits_are_reused(tiny):
     np.testing.assert_allclose(changed["logits"][2], changed["logits"][0] + bias, atol=1e-4)
 
 
+def test_each_output_belongs_to_its_step_and_the_bootstrap_to_the_last_state(tiny):
+    # Each output at index t recomputed from step t's state through the step hooks: pi_t
+    # and V_t from P_t = softmax(logits_t), the sampled B_t (keyed by t) and K_t, then
+    # logits_{t+1} from K_t; the bootstrap from logits_T. The steps' values differ, so an
+    # output taken from a neighbouring step fails.
+    net = tiny()
+    images, ids, steps = _images(), tf.constant([5, 9], tf.int64), 3
+    out = net(images, num_steps=steps, sample=True, sample_ids=ids, seed=4, bootstrap=True)
+    bias_x, context_x = net.project_features(net.features(images))
+    for t in range(steps):
+        policy, value = net.policy_and_value(context_x, out["logits"][t], False)
+        np.testing.assert_allclose(out["policy_logits"][t], policy, atol=1e-5)
+        np.testing.assert_allclose(out["values"][t], value, atol=1e-5)
+        action, context = net.act(t, out["logits"][t], policy, sample=True, sample_ids=ids,
+                                  seed=4)
+        np.testing.assert_array_equal(out["actions"][t], action)
+        np.testing.assert_array_equal(out["context"][t], context)
+        np.testing.assert_allclose(
+            out["logits"][t + 1], out["logits"][0] + net.bias_logits(bias_x, context, False),
+            atol=1e-5)
+    _, last_value = net.policy_and_value(context_x, out["logits"][steps], False)
+    np.testing.assert_allclose(out["bootstrap_value"], last_value, atol=1e-5)
+    values = [*out["values"], out["bootstrap_value"]]
+    assert min(np.abs(a - b).max() for a, b in zip(values[:-1], values[1:], strict=True)) > 1e-3
+
+
 def test_context_map_is_action_times_prediction_plus_one(tiny):
     net = tiny()
     out = net(_images(), num_steps=2)

@@ -4,6 +4,7 @@ import glob
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -68,17 +69,40 @@ def test_resume_equals_uninterrupted(synthetic_records, tmp_path, log):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_records, tmp_path):
-    model_dir = tmp_path / "nan"
+    # Two good steps, then a learning rate that diverges: the run stops at the first
+    # non-finite loss, names the last good checkpoint, and writes none of the diverged
+    # weights (here the loss turns NaN first; without the guard the NaN weights are saved).
+    model_dir = tmp_path / "diverged"
+    train(synthetic_records, model_dir, "--max_steps=2", "--checkpoint_every=1")
     with pytest.raises(trainer.NonFiniteLossError) as error:
         train(synthetic_records, model_dir, "--max_steps=8", "--checkpoint_every=1",
-              "--base_learning_rate=1e30", "--context_learning_rate=1e30")
-    assert "nan" in str(error.value) or "non-finite" in str(error.value)
-    for index in glob.glob(str(model_dir / "ckpt-*.index")):
-        step_weights = weights(model_dir, int(index.split("ckpt-")[1].split(".")[0]))
-        for name, value in step_weights.items():
+              "--base_learning_rate=1e38", "--context_learning_rate=1e38")
+    message = str(error.value)
+    match = re.match(r"(loss is (nan|inf|-inf)|non-finite weights) at step (\d+)", message)
+    assert match, message
+    failed = int(match[3])
+    saved = sorted(int(p.split("ckpt-")[1].split(".")[0])
+                   for p in glob.glob(str(model_dir / "ckpt-*.index")))
+    assert saved == list(range(1, failed)) and failed > 2, (message, saved)
+    if match[1].startswith("loss"):
+        assert f"last good checkpoint: {model_dir / f'ckpt-{failed - 1}'}" in message
+    for step in saved:
+        for name, value in weights(model_dir, step).items():
             if value.dtype.kind == "f":
-                assert np.isfinite(value).all(), name
-    assert not os.path.exists(model_dir / "ckpt-8.index")
+                assert np.isfinite(value).all(), (step, name)
+
+
+def test_non_finite_weights_are_never_saved(synthetic_records, tmp_path, monkeypatch):
+    # The last line of defence before each save: weights found non-finite after step 2
+    # stop the run there, and ckpt-2 is not written.
+    monkeypatch.setattr(trainer.Trainer, "weights_are_finite",
+                        lambda self: int(self.step.numpy()) < 2)
+    model_dir = tmp_path / "w"
+    with pytest.raises(trainer.NonFiniteLossError, match="non-finite weights at step 2; "
+                       "checkpoint not written"):
+        train(synthetic_records, model_dir, "--max_steps=3", "--checkpoint_every=1")
+    assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-1")
+    assert not glob.glob(str(model_dir / "ckpt-2*"))
 
 
 def test_settings_that_make_no_run_are_refused_naming_the_flag(synthetic_records, tmp_path):
