@@ -1,6 +1,7 @@
 """The benchmark: its small helpers, a tiny run's results, and bad flags (timings not asserted)."""
 
 import json
+import time
 import types
 
 import pytest
@@ -21,18 +22,23 @@ def test_feature_size_is_pspnet_output_stride_8():
 def test_round_robin_interleaves_and_warms_up():
     calls = []
 
-    def make(name):
+    def make(name, seconds):
         def fn(x):
             calls.append(name)
+            time.sleep(seconds)
             return tf.constant(x)
         return fn
 
     times = benchmark.time_round_robin(
-        {"a": make("a"), "b": make("b")}, {"a": 1.0, "b": 2.0}, repeats=3, warmup=2
+        {"a": make("a", 0.01), "b": make("b", 0.05)}, {"a": 1.0, "b": 2.0}, repeats=3, warmup=2
     )
     assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
-    for wall, cpu in times.values():
-        assert len(wall) == len(cpu) == 3 and min(wall) >= 0
+    # Each run's wall time covers its sleep, and sleeping costs (almost) no CPU time.
+    for name, sleep in (("a", 0.01), ("b", 0.05)):
+        wall, cpu = times[name]
+        assert len(wall) == len(cpu) == 3 and min(wall) >= sleep, name
+        assert max(cpu) < sleep, name
+    assert min(times["b"][0]) > max(times["a"][0])
 
 
 def test_graph_flops_counts_a_conv_exactly():
@@ -47,7 +53,9 @@ def test_tiny_run_writes_the_contract_keys(tmp_path):
         sections=("inference", "pipeline"), winograd_min_channels=128, pipeline_batches=2,
     )
     output = tmp_path / "bench.json"
+    started = time.perf_counter()
     benchmark_report.write_json(benchmark.run_benchmark(cfg), str(output))
+    elapsed = time.perf_counter() - started
     results = json.loads(output.read_text())
     assert "t=2 / t=0" in benchmark_report.format_table(results)
     inference = results["inference"]
@@ -82,7 +90,10 @@ def test_tiny_run_writes_the_contract_keys(tmp_path):
     assert results["conv_reference"]["gflop"] * 1e9 == pytest.approx(2 * 16 * 9 * 320 * 32)
     pipeline = results["input_pipeline"]
     assert pipeline["batches"] == 2 and pipeline["batch"] == 2
-    assert pipeline["images_per_second"] == pytest.approx(2 * 2 / pipeline["seconds"])
+    # Two timed batches of two 96x96 JPEG records, inside the run's own time.
+    assert (pipeline["record_size"], pipeline["record_format"]) == ([96, 96], "jpeg")
+    assert 0 < pipeline["seconds"] < elapsed and 0 < pipeline["cpu_seconds"]
+    assert pipeline["images_per_second"] == pytest.approx(4 / pipeline["seconds"])
     assert "train" not in results
 
 
