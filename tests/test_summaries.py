@@ -3,6 +3,7 @@
 import logging
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from training_runs import scalars, train
 
@@ -31,4 +32,24 @@ def test_overfits_a_few_images_and_logs_every_tag(synthetic_records, tmp_path, c
         "perf/images_per_second", "steps/input_gt_pmap_context",
     }
     assert expected <= tags, expected - tags
+    # The values: each step's scalars are the terms of its progress line, the
+    # segmentation term is the sum of its steps t, the rates follow the poly schedule
+    # (step k runs at lr (1 - (k - 1) / 12)^0.9), images per second = steps per second x 4.
+    values = scalars(model_dir)
+    lines = [line for line in caplog.messages if " segmentation " in line]
+    for step, line in enumerate(lines, 1):
+        fields = line.split()
+        logged = dict(zip(fields[4::2], fields[5::2], strict=False))
+        assert float(values["loss/total", step]) == pytest.approx(float(fields[3]), rel=1e-3)
+        for term in ("policy", "value", "segmentation"):
+            assert float(values[f"loss/{term}", step]) == pytest.approx(
+                float(logged[term]), rel=1e-3, abs=1e-4), (step, term)
+        assert float(values["loss/segmentation", step]) == pytest.approx(
+            sum(float(values[f"loss/segmentation_t{t}", step]) for t in (0, 1, 2)), rel=1e-5)
+        assert float(values["learning_rate/base", step]) == pytest.approx(
+            0.05 * (1 - (step - 1) / 12) ** 0.9, rel=1e-5)
+        assert float(values["learning_rate/context", step]) == pytest.approx(
+            0.01 * (1 - (step - 1) / 12) ** 0.9, rel=1e-5)
+        assert float(values["perf/images_per_second", step]) == pytest.approx(
+            4 * float(values["perf/steps_per_second", step]), rel=1e-5)
     assert tf.train.latest_checkpoint(str(model_dir)).endswith("ckpt-12")
