@@ -10,6 +10,10 @@ import tensorflow as tf
 REWARD_FIXED = -1.0  # correct -> incorrect
 REWARD_GAINED = 1.0  # incorrect -> correct
 REWARD_KEPT = 0.5  # correct -> correct
+# What an "uncertain" action (K_t = 0) earns on an unlabelled pixel: beta2 as on any pixel,
+# or, as in the authors' code, beta1 + beta2 (it shifts labels to L - 1, so unlabelled
+# becomes -1 and its test K_t == L + 1 holds for K_t = 0 there).
+UNLABELLED_REWARDS = ("beta2", "original")
 
 
 def box_mean(values, window):
@@ -33,14 +37,16 @@ def box_mean(values, window):
 
 
 def context_reward(pred_prev, pred_next, labels, context, *, window=5, beta1=0.4, beta2=0.2,
-                   ignore_label=255):
+                   ignore_label=255, unlabelled_reward="beta2"):
     """The per-pixel reward `r_t` of Eq. 4.
 
         r_t = boxmean(M(correct_t, correct_{t+1})) + beta1 [K_t == L + 1] + beta2 [K_t == 0]
 
     with M = +1 (incorrect -> correct), -1 (correct -> incorrect), +0.5 (correct -> correct)
     and 0 (incorrect -> incorrect). An ignore-label pixel is never correct (as in the
-    original), so it contributes 0 to M, and its context can earn only the beta2 term.
+    original), so it contributes 0 to M, and its context can earn only the beta2 term;
+    with `unlabelled_reward="original"` an uncertain action there earns beta1 + beta2, as
+    in the authors' code (see `UNLABELLED_REWARDS`).
 
     Args:
       pred_prev: int `[B, h, w]`, class ids of the p-map at step t.
@@ -51,6 +57,7 @@ def context_reward(pred_prev, pred_next, labels, context, *, window=5, beta1=0.4
       beta1: reward for keeping a correct prediction as context.
       beta2: reward for declaring a pixel uncertain.
       ignore_label: label value never counted as correct.
+      unlabelled_reward: one of `UNLABELLED_REWARDS`.
 
     Returns:
       float32 `[B, h, w]`.
@@ -64,8 +71,14 @@ def context_reward(pred_prev, pred_next, labels, context, *, window=5, beta1=0.4
         tf.where(correct_next, REWARD_KEPT, REWARD_FIXED),
         tf.where(correct_next, REWARD_GAINED, 0.0),
     )
+    if unlabelled_reward not in UNLABELLED_REWARDS:
+        raise ValueError(f"unlabelled_reward must be one of {UNLABELLED_REWARDS}, "
+                         f"got {unlabelled_reward!r}")
     context = tf.cast(context, tf.int32)
-    correct_context = tf.cast(tf.equal(context, labels + 1), tf.float32)
+    # No context is correct on an unlabelled pixel, except in the original, whose label -1
+    # there makes its test K_t == L + 1 hold for K_t = 0.
+    target = tf.where(valid, labels + 1, 0 if unlabelled_reward == "original" else -1)
+    correct_context = tf.cast(tf.equal(context, target), tf.float32)
     uncertain = tf.cast(tf.equal(context, 0), tf.float32)
     return box_mean(m, window) + beta1 * correct_context + beta2 * uncertain
 

@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
+from ciss_tf import rl
 from ciss_tf.tools import cli, command_flags
 from ciss_tf.training import config, trainer
 
@@ -73,6 +74,11 @@ flags.DEFINE_float("lambda2", 0.05, "Weight of the entropy term (Eq. 7).")
 flags.DEFINE_float("beta1", 0.4, "Reward for correct context (Eq. 4).")
 flags.DEFINE_float("beta2", 0.2, "Reward for 'uncertain' (Eq. 4).")
 flags.DEFINE_integer("reward_window", 5, "Side of the window averaging M in Eq. 4 (odd).")
+flags.DEFINE_enum(
+    "unlabelled_reward", "beta2", list(rl.UNLABELLED_REWARDS),
+    "What an uncertain action earns on an unlabelled pixel: beta2, as on any pixel, or "
+    "original: beta1 + beta2, as in the authors' code (docs/faithfulness.md).",
+)
 flags.DEFINE_integer("seed", 0, "Seed of initialisation, input stream and action sampling.")
 flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower; for tests).")
 flags.DEFINE_enum(
@@ -155,7 +161,7 @@ def config_from_flags(flag_values=FLAGS):
         ),
         reward=config.RewardConfig(
             gamma=fv.gamma, lambda1=fv.lambda1, lambda2=fv.lambda2, beta1=fv.beta1,
-            beta2=fv.beta2, window=fv.reward_window,
+            beta2=fv.beta2, window=fv.reward_window, unlabelled_reward=fv.unlabelled_reward,
         ),
         max_steps=fv.max_steps, unroll_steps=fv.unroll_steps, seed=fv.seed,
         input_scale=fv.input_scale,

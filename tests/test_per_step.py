@@ -20,7 +20,9 @@ from ciss_tf.training import losses, per_step
 from ciss_tf.training.config import RewardConfig
 
 NUM_CLASSES = 5
-REWARD = RewardConfig(gamma=0.8, lambda1=1.5, lambda2=0.1, beta1=0.4, beta2=0.2, window=3)
+# The original's reward on unlabelled pixels, so that per_step must pass it on too.
+REWARD = RewardConfig(gamma=0.8, lambda1=1.5, lambda2=0.1, beta1=0.4, beta2=0.2, window=3,
+                      unlabelled_reward="original")
 GLOBAL_BATCH = 4
 
 
@@ -53,7 +55,7 @@ def _episode(net, batch, num_steps, scale_loss=tf.identity):
         terms = losses.ciss_loss(
             outputs, batch["label"], global_batch_size=GLOBAL_BATCH, gamma=REWARD.gamma,
             lambda1=REWARD.lambda1, lambda2=REWARD.lambda2, beta1=REWARD.beta1,
-            beta2=REWARD.beta2, window=REWARD.window,
+            beta2=REWARD.beta2, window=REWARD.window, unlabelled_reward=REWARD.unlabelled_reward,
         )
         loss = scale_loss(terms["total"])
     return terms, tape.gradient(loss, net.trainable_variables)

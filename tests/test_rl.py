@@ -57,6 +57,28 @@ def test_reward_ignore_label_is_never_correct():
     np.testing.assert_allclose(reward, [[0.25, 0.25]])
 
 
+def test_unlabelled_reward_by_hand_on_a_3x3_map():
+    # Unlabelled pixels (255) on the diagonal. Each pixel's context: uncertain (0) on the
+    # first column, its label + 1 (or 256 where unlabelled) on the second, 7 on the third.
+    # The predictions never change and are correct where labelled: M = 0.5 there, 0 on the
+    # unlabelled pixels.
+    labels = [[255, 2, 3], [1, 255, 3], [1, 2, 255]]
+    prev = nxt = [[0, 2, 3], [1, 0, 3], [1, 2, 0]]
+    context = [[0, 3, 7], [0, 256, 7], [0, 3, 7]]
+    m = np.array([[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    ours = _reward(prev, nxt, labels, context, window=1, beta1=0.4, beta2=0.2)
+    # Uncertain pays beta2 everywhere; label + 1 pays beta1 where labelled, never 256.
+    np.testing.assert_allclose(
+        ours, m + [[0.2, 0.4, 0], [0.2, 0, 0], [0.2, 0.4, 0]], atol=1e-7)
+    # The authors' code: uncertain on the unlabelled pixel (0, 0) pays beta1 + beta2 = 0.6.
+    original = _reward(prev, nxt, labels, context, window=1, beta1=0.4, beta2=0.2,
+                       unlabelled_reward="original")
+    np.testing.assert_allclose(
+        original, m + [[0.6, 0.4, 0], [0.2, 0, 0], [0.2, 0.4, 0]], atol=1e-7)
+    with pytest.raises(ValueError, match="unlabelled_reward"):
+        _reward(prev, nxt, labels, context, unlabelled_reward="other")
+
+
 def test_reward_rejects_even_window():
     with pytest.raises(ValueError, match="odd"):
         _reward([[0]], [[0]], [[0]], [[0]], window=4)

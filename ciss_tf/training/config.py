@@ -55,6 +55,7 @@ class RewardConfig:
     beta1: float = 0.4
     beta2: float = 0.2
     window: int = 5
+    unlabelled_reward: str = "beta2"
 
 
 @dataclasses.dataclass(frozen=True)

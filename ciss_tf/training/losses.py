@@ -55,7 +55,7 @@ def pspnet_loss(outputs, labels, *, global_batch_size, ignore_label=255, aux_wei
 
 
 def ciss_loss(outputs, labels, *, global_batch_size, gamma=0.9, lambda1=1.0, lambda2=0.05,
-              beta1=0.4, beta2=0.2, window=5, ignore_label=255):
+              beta1=0.4, beta2=0.2, window=5, ignore_label=255, unlabelled_reward="beta2"):
     """Eq. 7: `L = L_p + L_v + lambda1 L_s + lambda2 L_e` over an unrolled episode.
 
     The sum over steps of `step_terms`, with the returns of `episode_returns`: the
@@ -68,6 +68,7 @@ def ciss_loss(outputs, labels, *, global_batch_size, gamma=0.9, lambda1=1.0, lam
       labels: int `[B, H, W]` at the input resolution.
       global_batch_size: images in the global batch (all replicas).
       gamma, lambda1, lambda2, beta1, beta2, window: SPEC.md sections 3 and 4.
+      unlabelled_reward: `rl.UNLABELLED_REWARDS`.
       ignore_label: label value left out of the cross-entropy and never correct.
 
     Returns:
@@ -83,6 +84,7 @@ def ciss_loss(outputs, labels, *, global_batch_size, gamma=0.9, lambda1=1.0, lam
     if learned:
         rewards, returns = episode_returns(
             outputs, labels, gamma=gamma, beta1=beta1, beta2=beta2, window=window,
+            unlabelled_reward=unlabelled_reward,
             ignore_label=ignore_label,
         )
     per_step = []
@@ -99,7 +101,8 @@ def ciss_loss(outputs, labels, *, global_batch_size, gamma=0.9, lambda1=1.0, lam
                          lambda2=lambda2)
 
 
-def episode_returns(outputs, labels, *, gamma, beta1, beta2, window, ignore_label):
+def episode_returns(outputs, labels, *, gamma, beta1, beta2, window, ignore_label,
+                    unlabelled_reward="beta2"):
     """The rewards r_t (Eq. 4) and returns R_t (Eq. 5) of an episode, both `[T, B, h, w]`.
 
     Constants of the loss: they depend on the p-maps' class ids, the context maps, the
@@ -112,6 +115,7 @@ def episode_returns(outputs, labels, *, gamma, beta1, beta2, window, ignore_labe
         rl.context_reward(
             predictions[t], predictions[t + 1], small_labels, outputs["context"][t],
             window=window, beta1=beta1, beta2=beta2, ignore_label=ignore_label,
+            unlabelled_reward=unlabelled_reward,
         )
         for t in range(logits.shape[0] - 1)
     ])

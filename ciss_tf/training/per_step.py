@@ -94,6 +94,7 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
         rewards, returns = losses.episode_returns(
             episode, labels, gamma=reward.gamma, beta1=reward.beta1, beta2=reward.beta2,
             window=reward.window, ignore_label=ignore_label,
+            unlabelled_reward=reward.unlabelled_reward,
         )
     # Reads and writes of one variable keep their program order in a `tf.function`.
     recorded = [tf.identity(v) for v in state]

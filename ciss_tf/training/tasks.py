@@ -174,6 +174,7 @@ class CissTask(Task):
             outputs, labels, global_batch_size=global_batch_size, gamma=reward.gamma,
             lambda1=reward.lambda1, lambda2=reward.lambda2, beta1=reward.beta1,
             beta2=reward.beta2, window=reward.window, ignore_label=self.info.ignore_label,
+            unlabelled_reward=reward.unlabelled_reward,
         )
 
     def gradients(self, model, batch, variables, global_batch_size, scale_loss):
