@@ -160,31 +160,43 @@ def _free_ports(count):
             s.close()
 
 
-def _multi_worker_run(data_dir, model_dir, max_steps, *args):
-    """Two local workers train to `max_steps`; returns their stderr."""
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    processes = []
-    for index in range(2):
-        env = dict(ENV, TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        ))
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "ciss_tf.train", *TINY, f"--data_dir={data_dir}",
-             f"--model_dir={model_dir}", f"--max_steps={max_steps}",
-             "--strategy=multi_worker", *args],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
-    errors = []
-    try:
-        for process in processes:
-            _, err = process.communicate(timeout=600)
-            assert process.returncode == 0, err[-3000:]
-            errors.append(err)
-    finally:
-        for process in processes:
-            process.kill()
-    return errors
+def _multi_worker_run(data_dir, model_dir, max_steps, *args, attempts=3):
+    """Two local workers train to `max_steps`; returns their stderr.
+
+    Free ports are found by binding and releasing them, so another process can take one
+    before a worker binds it: a run whose worker could not bind its port (it fails at
+    start-up, before anything is written) is retried on new ports.
+    """
+    for attempt in range(attempts):
+        ports = _free_ports(2)
+        cluster = {"worker": [f"localhost:{p}" for p in ports]}
+        processes = []
+        for index in range(2):
+            env = dict(ENV, TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            ))
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "ciss_tf.train", *TINY, f"--data_dir={data_dir}",
+                 f"--model_dir={model_dir}", f"--max_steps={max_steps}",
+                 "--strategy=multi_worker", *args],
+                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            ))
+        results = []
+        try:
+            for process in processes:
+                _, err = process.communicate(timeout=600)
+                results.append((process.returncode, err))
+        finally:
+            for process in processes:
+                process.kill()
+        port_taken = any(code and ("Address already in use" in err or "Failed to bind" in err)
+                         for code, err in results)
+        if port_taken and attempt + 1 < attempts:
+            continue
+        for code, err in results:
+            assert code == 0, err[-3000:]
+        return [err for _, err in results]
+    raise AssertionError("unreachable")
 
 
 @pytest.mark.slow
