@@ -89,6 +89,23 @@ def test_segmentation_loss_hand_computed():
     np.testing.assert_allclose(loss.numpy(), [np.log(1 + np.exp(2.0))], rtol=1e-6)
 
 
+def test_segmentation_loss_upsamples_logits_with_aligned_corners_by_hand():
+    # Two classes, logits 2x2 -> labels 3x3: aligned corners put the output's corners on
+    # the input's corners and the middle row and column halfway, so class 1's logit z
+    # upsampled is [[0, 1, 2], [1, 2, 3], [2, 3, 4]] from [[0, 2], [2, 4]] (class 0: 0).
+    # Labels: class 1 on the first row, ignored in the centre, class 0 elsewhere.
+    logits = np.zeros([1, 2, 2, 2], np.float32)
+    logits[0, :, :, 1] = [[0, 2], [2, 4]]
+    labels = np.array([[[1, 1, 1], [0, 255, 0], [0, 0, 0]]])
+    z = np.array([[0, 1, 2], [1, 2, 3], [2, 3, 4]], np.float64)
+    log_p1 = -np.log1p(np.exp(-z))  # log softmax of class 1 against a 0 logit
+    log_p0 = -np.log1p(np.exp(z))
+    expected = -np.mean([log_p1[0, 0], log_p1[0, 1], log_p1[0, 2], log_p0[1, 0],
+                         log_p0[1, 2], log_p0[2, 0], log_p0[2, 1], log_p0[2, 2]])
+    got = losses.segmentation_loss(tf.constant(logits), tf.constant(labels))
+    np.testing.assert_allclose(got.numpy(), [expected], rtol=1e-5)
+
+
 def test_ablation_modes_train_only_the_segmentation_term():
     keras.utils.set_random_seed(0)
     model = config.build_ciss_net(NUM_CLASSES, "tiny", "pmap", dropout=0.0)

@@ -8,6 +8,8 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import keras
 import numpy as np
@@ -164,38 +166,47 @@ def _multi_worker_run(data_dir, model_dir, max_steps, *args, attempts=3):
     """Two local workers train to `max_steps`; returns their stderr.
 
     Free ports are found by binding and releasing them, so another process can take one
-    before a worker binds it: a run whose worker could not bind its port (it fails at
-    start-up, before anything is written) is retried on new ports.
+    before a worker binds it: when a worker fails (a taken port fails at start-up, before
+    anything is written) the other is stopped, and a bind failure is retried on new ports.
     """
     for attempt in range(attempts):
         ports = _free_ports(2)
         cluster = {"worker": [f"localhost:{p}" for p in ports]}
-        processes = []
+        processes, logs = [], []
         for index in range(2):
             env = dict(ENV, TF_CONFIG=json.dumps(
                 {"cluster": cluster, "task": {"type": "worker", "index": index}}
             ))
+            logs.append(tempfile.TemporaryFile("w+"))
             processes.append(subprocess.Popen(
                 [sys.executable, "-m", "ciss_tf.train", *TINY, f"--data_dir={data_dir}",
                  f"--model_dir={model_dir}", f"--max_steps={max_steps}",
                  "--strategy=multi_worker", *args],
-                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=logs[-1], text=True,
             ))
-        results = []
+        deadline = time.monotonic() + 600
         try:
-            for process in processes:
-                _, err = process.communicate(timeout=600)
-                results.append((process.returncode, err))
+            while time.monotonic() < deadline and any(p.poll() is None for p in processes):
+                if any(p.poll() for p in processes):  # one failed: the other would hang
+                    break
+                time.sleep(0.5)
         finally:
             for process in processes:
                 process.kill()
-        port_taken = any(code and ("Address already in use" in err or "Failed to bind" in err)
-                         for code, err in results)
-        if port_taken and attempt + 1 < attempts:
+                process.wait()
+        errors = []
+        for log in logs:
+            log.seek(0)
+            errors.append(log.read())
+            log.close()
+        codes = [p.returncode for p in processes]
+        if any(codes) and attempt + 1 < attempts and any(
+                "Address already in use" in err or "Failed to bind" in err for err in errors):
             continue
-        for code, err in results:
+        # A worker's own failure first, then one stopped because of it (killed: negative).
+        for code, err in sorted(zip(codes, errors, strict=True), key=lambda ce: ce[0] < 0):
             assert code == 0, err[-3000:]
-        return [err for _, err in results]
+        return errors
     raise AssertionError("unreachable")
 
 
