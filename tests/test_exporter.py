@@ -107,6 +107,9 @@ def test_invalid_requests_fail_with_a_message_naming_the_problem(exported):
         "mixed_sizes": lambda: encoded(image_bytes=tf.constant(
             [_png(inputs["a"][0]), _png(inputs["b"][0])])),
         "not_an_image": lambda: encoded(image_bytes=tf.constant([b"junk"])),
+        "no_image": lambda: images(images=tf.zeros([0, 8, 8, 3], tf.uint8)),
+        "no_bytes": lambda: encoded(image_bytes=tf.constant([], tf.string)),
+        "empty": lambda: images(images=tf.zeros([1, 0, 8, 3], tf.uint8)),
     }
     errors = {}
     for name, case in cases.items():
@@ -119,6 +122,9 @@ def test_invalid_requests_fail_with_a_message_naming_the_problem(exported):
     assert "images must be at most 2048x2048 pixels" in errors["too_large"]
     assert "same height and width" in errors["mixed_sizes"]
     assert "InvalidArgumentError" in errors["not_an_image"]
+    assert "the request holds no image" in errors["no_image"]
+    assert "the request holds no image" in errors["no_bytes"]
+    assert "images must be at least 1x1" in errors["empty"]
 
 
 def test_signature_defs_list_both_signatures_as_a_client_sees_them(exported):
@@ -136,7 +142,7 @@ def test_signature_defs_list_both_signatures_as_a_client_sees_them(exported):
 
 
 def test_input_scale_runs_the_network_on_the_resized_image_and_answers_at_full_size(
-        varied_net):
+        varied_net, tmp_path):
     images = np.random.default_rng(1).integers(0, 256, (1, 37, 53, 3), dtype=np.uint8)
     # 37 x 53 at scale 0.5, rounded half up: 19 x 27.
     small = tf.compat.v1.image.resize_bilinear(
@@ -156,3 +162,17 @@ def test_input_scale_runs_the_network_on_the_resized_image_and_answers_at_full_s
         tf.constant(images[0]))
     np.testing.assert_array_equal(labels[2], expected[0])
     np.testing.assert_array_equal(context[1], served["context"][0])
+    # What the CamVid chain exports: the fast net at scale 0.5, saved and loaded back (the
+    # fast net's folded convs round differently: nearly every pixel agrees). And T = 0: the
+    # Base Net alone, its context map all uncertain.
+    loaded = tf.saved_model.load(exporter.export_saved_model(
+        varied_net, str(tmp_path / "fast"), 1, input_scale=0.5))
+    fast = loaded.signatures["serving_default"](images=tf.constant(images))
+    assert (fast["labels"].numpy() == expected).mean() > 0.99
+    base = tf.compat.v1.image.resize_bilinear(outputs["logits"][0], (37, 53), align_corners=True)
+    loaded = tf.saved_model.load(exporter.export_saved_model(
+        varied_net, str(tmp_path / "t0"), 1, num_steps=0, input_scale=0.5))
+    served_t0 = loaded.signatures["serving_default"](images=tf.constant(images))
+    assert (served_t0["labels"].numpy() == np.argmax(base, -1)).mean() > 0.99
+    assert (np.argmax(base, -1) != expected).mean() > 0.01
+    np.testing.assert_array_equal(served_t0["context"], np.zeros([1, 37, 53]))
