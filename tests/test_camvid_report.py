@@ -280,3 +280,43 @@ def test_results_markdown_holds_the_tables_the_figure_and_the_notes():
     # The tables come before the figure, the notes last.
     assert text.index(tables) < text.index("figures/x.png") < text.index("## Notes")
     assert text.endswith("prose.\n")
+
+
+def test_per_class_table_puts_each_class_step_and_run_in_its_cell():
+    # A distinct IoU for every (run, seed, step, class): a swapped class, step or run shows.
+    def steps(r, s):
+        return {t: {"iou": [(100 * r + 10 * s + int(t) + c / 100) / 1000
+                            for c in range(INFO.num_classes)]} for t in ("0", "2")}
+
+    scores = {run.key: [steps(r, s) for s in range(2)] for r, run in enumerate(report.RUNS)}
+    pspnet = [c / 50 for c in range(INFO.num_classes)]
+    lines = report.per_class_table(scores, INFO, pspnet, "test")
+    assert "## Per-class IoU on test" in lines[1]
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) == INFO.num_classes
+    for c, row in enumerate(rows):
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[0] == INFO.class_names[c]
+        expected = [100 * pspnet[c], 100 * np.mean([steps(0, s)["0"]["iou"][c] for s in (0, 1)])]
+        expected += [100 * np.mean([steps(r, s)["2"]["iou"][c] for s in (0, 1)])
+                     for r in range(len(report.RUNS))]
+        assert [float(v) for v in cells[1:]] == pytest.approx(expected, abs=0.006), c
+
+
+def test_committed_results_markdown_shows_the_numbers_of_the_committed_json():
+    # Each run's per-seed t = 2 mIoU in RESULTS.md's headline table of each split equals
+    # experiments/camvid_results.json (both written by the report from one run of it).
+    results = json.loads((ROOT / "experiments" / "camvid_results.json").read_text())
+    text = (ROOT / "experiments" / "RESULTS.md").read_text()
+    for split, block in (("val", results), ("test", results.get("test"))):
+        if block is None:
+            continue
+        table = text.split(f"## mIoU on CamVid {split}", 1)[1].split("\n## ", 1)[0]
+        assert f"| {100 * block['pspnet_miou']:.2f} |" in table
+        for run in report.RUNS:
+            row = next(line for line in table.splitlines()
+                       if line.startswith(f"| {run.label} |"))
+            per_seed = row.strip("|").split("|")[-1].split(" / ")
+            values = block["t2_miou"][run.key]
+            assert [cell.strip() for cell in per_seed] == [
+                "-" if v is None else f"{100 * v:.2f}" for v in values], (split, run.key)
