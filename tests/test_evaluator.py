@@ -189,6 +189,25 @@ def test_a_cityscapes_results_dir_holding_earlier_predictions_is_refused(tmp_pat
     assert earlier.read_bytes() == b"earlier run"
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(dataset="camvid", cityscapes_results_dir="r"),
+     "--cityscapes_results_dir/--cityscapes_gt_dir need --dataset=cityscapes"),
+    (dict(dataset="cityscapes", cityscapes_gt_dir="."),
+     "--cityscapes_gt_dir needs --cityscapes_results_dir"),
+    (dict(dataset="cityscapes", cityscapes_results_dir="r", cityscapes_gt_dir="no_such_dir"),
+     "--cityscapes_gt_dir no_such_dir is not a directory"),
+    (dict(dataset="cityscapes", cityscapes_results_dir="r", eval_steps=(0, 2),
+          cityscapes_step=4), r"--cityscapes_step=4 is not one of --eval_steps=\(0, 2\)"),
+])
+def test_official_cityscapes_settings_that_do_not_fit_are_refused_before_reading(
+        settings, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        evaluator.run_evaluation(evaluator.EvalConfig(
+            model=TINY, checkpoint="no_checkpoint", data_dir="no_data", **settings))
+    assert not os.path.exists("r")
+
+
 def test_our_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):
     label_to_train = np.full(256, 255, np.uint8)
     for label in cityscapes_labels:
