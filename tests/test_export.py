@@ -10,8 +10,8 @@ import tensorflow as tf
 from conftest import cli_error_line, run_cli
 
 from ciss_tf import export
+from ciss_tf.data import preprocessing
 from ciss_tf.modeling import config
-from ciss_tf.serving import exporter
 
 URL = "gs://no-such-bucket"
 TINY = config.ModelConfig(preset="tiny")
@@ -29,11 +29,18 @@ def test_checkpoint_exports_as_its_step_without_probabilities_unless_asked(
     outputs = tf.saved_model.load(target).signatures["serving_default"](
         images=tf.constant(images)
     )
-    # The checkpoint's net, served: as the plain graph of the net built here.
-    expected = exporter.ServingModule(varied_net, 2, fast=False).segment(tf.constant(images))
+    # The checkpoint's net, served: the live net built here on the normalised images, its
+    # step-2 logits and step-1 context map resized to the image with aligned corners (the
+    # fast graph's folded convs round differently: nearly every pixel agrees).
+    live = varied_net(preprocessing.normalize_image(images), num_steps=2)
+    labels = np.argmax(tf.compat.v1.image.resize_bilinear(
+        live["logits"][2], (37, 53), align_corners=True), -1)
+    context = tf.compat.v1.image.resize_nearest_neighbor(
+        live["context"][1][..., tf.newaxis], (37, 53), align_corners=True)[..., 0]
     assert sorted(outputs) == ["context", "labels"]
-    np.testing.assert_array_equal(outputs["labels"], expected["labels"])
-    np.testing.assert_array_equal(outputs["context"], expected["context"])
+    assert (outputs["labels"].numpy() == labels).mean() > 0.99
+    assert (outputs["context"].numpy() == context.numpy()).mean() > 0.99
+    assert len(np.unique(labels)) >= 3 and len(np.unique(context)) >= 3
 
     with pytest.raises(ValueError, match=f"{export_dir / '7'} exists already"):
         export.export_checkpoint(TINY, "synthetic", varied_checkpoint, str(export_dir))
