@@ -20,7 +20,7 @@ from absl import logging as absl_logging
 
 from ciss_tf import rl
 from ciss_tf.tools import cli, command_flags
-from ciss_tf.training import config, trainer
+from ciss_tf.training import config, losses, trainer
 
 flags.DEFINE_enum("stage", "ciss", ["pspnet", "ciss"], "pspnet: stage 1; ciss: stage 2.")
 flags.DEFINE_string("model_dir", None, "Checkpoints and TensorBoard logs (train/, eval/).")
@@ -109,6 +109,12 @@ flags.DEFINE_enum(
     "T) or per_step (the episode recorded without a tape, then each step recomputed and "
     "differentiated on its own: memory flat in T, the same gradient; docs/performance.md).",
 )
+flags.DEFINE_enum(
+    "loss_reduction", "mean", list(losses.REDUCTIONS),
+    "mean: every loss term a mean per pixel (learning rates independent of the crop size). "
+    "sum: summed over pixels as the authors' code, times 2 images per GPU / --batch_size, "
+    "so the original's learning rates mean what they meant there (docs/faithfulness.md).",
+)
 flags.DEFINE_integer(
     "grad_accum_steps", 1,
     "Micro-batches per update: each update's global --batch_size is split into N parts of "
@@ -170,7 +176,7 @@ def config_from_flags(flag_values=FLAGS):
         num_cpu_devices=fv.num_cpu_devices, jit_compile=fv.jit_compile,
         mixed_precision=fv.mixed_precision, initial_loss_scale=fv.initial_loss_scale,
         deterministic=fv.deterministic,
-        stop_at_step=fv.stop_at_step, backprop=fv.backprop,
+        stop_at_step=fv.stop_at_step, backprop=fv.backprop, loss_reduction=fv.loss_reduction,
         grad_accum_steps=fv.grad_accum_steps, checkpoint_every=fv.checkpoint_every,
         max_to_keep=fv.max_to_keep, log_every=fv.log_every,
         image_summary_every=fv.image_summary_every, eval_every=fv.eval_every,

@@ -119,6 +119,42 @@ def test_ablation_modes_train_only_the_segmentation_term():
 
 
 def test_two_step_episode_hand_computed():
+    outputs, labels, expected = _two_step_episode()
+    terms = losses.ciss_loss(outputs, labels, global_batch_size=1, gamma=0.5, lambda1=0.5,
+                             lambda2=0.1, beta1=0.4, beta2=0.2, window=1)
+    for name, value in expected.items():
+        np.testing.assert_allclose(float(terms[name]), value, rtol=1e-5, err_msg=name)
+
+
+def test_sum_reduction_is_the_originals_sums_over_a_gpus_two_images():
+    # The same episode for both images of one GPU of the authors' code: each loss term
+    # summed over steps, pixels (two here) and the two images; the GPUs' gradients are
+    # averaged, so a global batch of 4 (two GPUs) halves it. The statistics stay means.
+    outputs, labels, means = _two_step_episode()
+    twice = {k: tf.concat([v, v], axis=0 if k == "bootstrap_value" else 1)
+             for k, v in outputs.items()}
+    labels = tf.concat([labels, labels], 0)
+    options = dict(gamma=0.5, lambda1=0.5, lambda2=0.1, beta1=0.4, beta2=0.2, window=1,
+                   reduction="sum")
+    sums = {name: 2 * 2 * means[name] for name in ("policy", "value", "entropy",
+                                                   "segmentation")}
+    original = sums["value"] + sums["policy"] + 0.5 * sums["segmentation"] + 0.1 * sums["entropy"]
+    for global_batch, gpus in ((2, 1), (4, 2)):
+        terms = losses.ciss_loss(twice, labels, global_batch_size=global_batch, **options)
+        np.testing.assert_allclose(float(terms["total"]), original / gpus, rtol=1e-5)
+        for name, value in sums.items():
+            np.testing.assert_allclose(float(terms[name]), value / gpus, rtol=1e-5)
+    for name in ("reward", "return", "value_estimate", "kept_fraction"):
+        np.testing.assert_allclose(float(terms[name]), means[name] / 2, rtol=1e-5)
+    mean_terms = losses.ciss_loss(twice, labels, global_batch_size=2, **{
+        **options, "reduction": "mean"})
+    np.testing.assert_allclose(float(terms["policy_entropy"]),
+                               float(mean_terms["policy_entropy"]) / 2, rtol=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        losses.loss_scale(2, "median")
+
+
+def _two_step_episode():
     """Eq. 4-7 on a two-step episode of one image with two pixels, a and b.
 
     Classes 0 and 1; labels a = 0, b = 1. Each step's predictions, the context maps K_t,
@@ -146,8 +182,6 @@ def test_two_step_episode_hand_computed():
         "values": tf.constant([[[[0.1, 0.2]]], [[[0.3, -0.4]]]]),  # V_0, V_1
         "bootstrap_value": tf.constant([[[1.0, 2.0]]]),  # V_2
     }
-    terms = losses.ciss_loss(outputs, labels, global_batch_size=1, gamma=0.5, lambda1=0.5,
-                             lambda2=0.1, beta1=0.4, beta2=0.2, window=1)
     # Rewards (Eq. 4, window 1: M of the pixel itself):
     #   r_0 a: right -> wrong M = -1, K_0 = 1 = label + 1: + 0.4      -> -0.6
     #   r_0 b: wrong -> right M = +1, K_0 = 0 (uncertain): + 0.2      ->  1.2
@@ -182,5 +216,4 @@ def test_two_step_episode_hand_computed():
         "value_estimate": ((0.1 + 0.2) / 2 + (0.3 - 0.4) / 2) / 2,
         "kept_fraction": (1 / 2 + 1 / 2) / 2,
     }
-    for name, value in expected.items():
-        np.testing.assert_allclose(float(terms[name]), value, rtol=1e-5, err_msg=name)
+    return outputs, labels, expected

@@ -47,7 +47,7 @@ def _batch():
     return {"image": images, "label": labels, "sample_id": tf.constant([7, 12], tf.int64)}
 
 
-def _episode(net, batch, num_steps, scale_loss=tf.identity):
+def _episode(net, batch, num_steps, scale_loss=tf.identity, reduction="mean"):
     """The reference: one tape over `CissNet.call` and `losses.ciss_loss`."""
     with tf.GradientTape() as tape:
         outputs = net(batch["image"], training=True, num_steps=num_steps,
@@ -56,15 +56,17 @@ def _episode(net, batch, num_steps, scale_loss=tf.identity):
             outputs, batch["label"], global_batch_size=GLOBAL_BATCH, gamma=REWARD.gamma,
             lambda1=REWARD.lambda1, lambda2=REWARD.lambda2, beta1=REWARD.beta1,
             beta2=REWARD.beta2, window=REWARD.window, unlabelled_reward=REWARD.unlabelled_reward,
+            reduction=reduction,
         )
         loss = scale_loss(terms["total"])
     return terms, tape.gradient(loss, net.trainable_variables)
 
 
-def _per_step(net, batch, num_steps, scale_loss=tf.identity):
+def _per_step(net, batch, num_steps, scale_loss=tf.identity, reduction="mean"):
     return per_step.gradients(
         net, batch, net.trainable_variables, global_batch_size=GLOBAL_BATCH,
         num_steps=num_steps, seed=5, reward=REWARD, ignore_label=255, scale_loss=scale_loss,
+        reduction=reduction,
     )
 
 
@@ -114,6 +116,29 @@ def test_per_step_gradients_equal_one_tape(context_mode, num_steps):
     # statistics) moved once, as one episode moves it.
     for expected, got in zip(state, step_state, strict=True):
         np.testing.assert_array_equal(got, expected)
+
+
+def test_per_step_gradients_equal_one_tape_with_the_originals_sums():
+    # --loss_reduction=sum: every term 2 / the global batch x its sums (about 400 times the
+    # means at 40 x 40 with 5 x 5 grids): per_step must use the same reduction.
+    net = _net("learned")
+    start = [v.numpy() for v in net.variables]
+    results = []
+    for fn in (_episode, _per_step):
+        for variable, value in zip(net.variables, start, strict=True):
+            variable.assign(value)
+        results.append(fn(net, _batch(), 2, reduction="sum"))
+    (terms, grads), (step_terms, step_grads) = results
+    for name, value in terms.items():
+        np.testing.assert_allclose(float(step_terms[name]), float(value), rtol=1e-5,
+                                   atol=1e-7, err_msg=name)
+    for variable, expected, got in zip(net.trainable_variables, grads, step_grads, strict=True):
+        if expected is not None:
+            _assert_close_gradient(got, expected, variable.path)
+    for variable, value in zip(net.variables, start, strict=True):
+        variable.assign(value)
+    mean_terms, _ = _episode(net, _batch(), 2)
+    assert float(terms["segmentation"]) > 100 * float(mean_terms["segmentation"])
 
 
 def test_per_step_without_state_reset_differs():

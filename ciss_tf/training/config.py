@@ -75,6 +75,8 @@ class TrainConfig:
         T, `training/per_step.py`); the same gradient.
       grad_accum_steps: micro-batches per update (`data.batch_size` stays the update's).
       initial_loss_scale: mixed_float16: where the dynamic loss scale starts.
+      loss_reduction: "mean" per pixel, or "sum" as the authors' code
+        (`training/losses.py`).
       Others: as the `ciss_tf.train` flags of the same names say.
     """
 
@@ -99,6 +101,7 @@ class TrainConfig:
     stop_at_step: int | None = None
     backprop: str = "episode"
     grad_accum_steps: int = 1
+    loss_reduction: str = "mean"
     checkpoint_every: int = 1000
     max_to_keep: int = 5
     log_every: int = 20

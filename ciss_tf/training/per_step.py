@@ -41,7 +41,7 @@ def _state_variables(model):
 
 
 def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, reward,
-              ignore_label, scale_loss):
+              ignore_label, scale_loss, reduction="mean"):
     """Eq. 7's terms and their gradients, one unrolled step at a time.
 
     Args:
@@ -54,6 +54,7 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
       reward: the `RewardConfig`.
       ignore_label: the dataset's ignore label.
       scale_loss: the loss scaling of mixed_float16 (identity otherwise).
+      reduction: `losses.REDUCTIONS`.
 
     Returns:
       (terms, gradients): `losses.ciss_loss`'s dict of the episode and the gradients of
@@ -102,7 +103,6 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
         variable.assign(value)
 
     # Each step on its own tape, after the previous step's backward pass.
-    scale = 1.0 / global_batch_size
     step_gradients, shared_gradients, per_step = None, None, []
     dependencies = [episode["logits"], returns, *recorded]
     for u in range(num_steps + 1):
@@ -129,7 +129,8 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
                     step_context_x, step_recorded_logits, True
                 )
             terms = losses.step_terms(
-                step_logits, labels, scale=scale, ignore_label=ignore_label,
+                step_logits, labels, global_batch_size=global_batch_size,
+                reduction=reduction, ignore_label=ignore_label,
                 policy_logits=policy_logits, values=value, actions=step_actions,
                 returns=step_returns,
             )
@@ -157,7 +158,8 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
         targets, list(variables), output_gradients=output_gradients
     ))
     all_terms = losses.episode_terms(
-        per_step, episode, rewards, returns, scale=scale, lambda1=reward.lambda1,
+        per_step, episode, rewards, returns, global_batch_size=global_batch_size,
+        lambda1=reward.lambda1,
         lambda2=reward.lambda2,
     )
     return all_terms, grads

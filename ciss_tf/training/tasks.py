@@ -116,7 +116,7 @@ class PSPNetTask(Task):
     def loss(self, outputs, labels, global_batch_size):
         return losses.pspnet_loss(
             outputs, labels, global_batch_size=global_batch_size,
-            ignore_label=self.info.ignore_label,
+            ignore_label=self.info.ignore_label, reduction=self.cfg.loss_reduction,
         )
 
 
@@ -174,7 +174,7 @@ class CissTask(Task):
             outputs, labels, global_batch_size=global_batch_size, gamma=reward.gamma,
             lambda1=reward.lambda1, lambda2=reward.lambda2, beta1=reward.beta1,
             beta2=reward.beta2, window=reward.window, ignore_label=self.info.ignore_label,
-            unlabelled_reward=reward.unlabelled_reward,
+            unlabelled_reward=reward.unlabelled_reward, reduction=self.cfg.loss_reduction,
         )
 
     def gradients(self, model, batch, variables, global_batch_size, scale_loss):
@@ -185,6 +185,7 @@ class CissTask(Task):
             model, batch, variables, global_batch_size=global_batch_size,
             num_steps=self.cfg.unroll_steps, seed=self.cfg.seed, reward=self.cfg.reward,
             ignore_label=self.info.ignore_label, scale_loss=scale_loss,
+            reduction=self.cfg.loss_reduction,
         )
 
     @property
