@@ -137,8 +137,9 @@ class CissNet(keras.Model):
       context_branch_channels: pyramid branch width of the p-map encoder (64).
       dropout: dropout rate of the three nets (0.1).
       context_mode: "learned", "pmap", "none" or "random" (see the module docstring).
-      context_encoder_norm: "group" (the paper) or "batch" (the authors' code): the norm of
-        the Context Net's pyramid branches.
+      context_encoder_norm: "group" (the paper), "batch" (synchronized across replicas) or
+        "batch_per_replica" (the authors' code): the norm of the Context Net's pyramid
+        branches (`ppm.make_norm`).
       random_keep_rate: the share of actions 1 of the "random" mode, in (0, 1] (unused by
         the other modes).
 

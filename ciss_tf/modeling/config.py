@@ -71,7 +71,7 @@ def build_ciss_net(num_classes, preset, context_mode="learned", dropout=0.1, ste
 
 
 STAGES = ("pspnet", "ciss")
-CONTEXT_ENCODER_NORMS = ("group", "batch")
+CONTEXT_ENCODER_NORMS = ("group", "batch", "batch_per_replica")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,8 @@ class ModelConfig:
       context_mode: CiSS-Net's gate (`model.CONTEXT_MODES`).
       random_keep_rate: keep rate of `context_mode="random"`, in (0, 1].
       stem: backbone stem (`backbone.STEMS`).
-      context_encoder_norm: "group" or "batch" (the Context Net's p-map pyramid branches).
+      context_encoder_norm: the Context Net's p-map pyramid branches: "group", "batch"
+        (synchronized) or "batch_per_replica" (`ppm.make_norm`).
       dropout: dropout rate of the heads.
     """
 

@@ -31,7 +31,8 @@ class ContextNet(keras.layers.Layer):
       bins: pyramid grid sizes.
       dropout: dropout rate.
       norm: normalisation of the pyramid branches: "group" (the paper: GroupNorm in every
-        head layer) or "batch" (the authors' code).
+        head layer), "batch" (synchronized) or "batch_per_replica" (the authors' code;
+        `ppm.make_norm`).
 
     Attributes:
       encoder: the `PyramidPooling` of the p-map (the branches of `E`).

@@ -58,10 +58,12 @@ def make_norm(norm, channels, name, synchronized=True):
     """Builds the normalisation layer used throughout the network.
 
     Args:
-      norm: "batch" or "group".
+      norm: "group", "batch", or "batch_per_replica": the authors' batch norm, statistics
+        of each replica's own images (each GPU's 2 in the original) and moving averages
+        with momentum 0.95 (their `BN` helper), where "batch" has 0.9.
       channels: number of channels normalised (GroupNorm uses 16 per group).
       name: layer name.
-      synchronized: for batch norm, average statistics across replicas, so that training on
+      synchronized: for "batch", average statistics across replicas, so that training on
         N devices matches one device with the same global batch.
 
     Returns:
@@ -77,7 +79,12 @@ def make_norm(norm, channels, name, synchronized=True):
         return keras.layers.BatchNormalization(
             momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name
         )
-    raise ValueError(f"unknown norm {norm!r}; expected 'batch' or 'group'")
+    if norm == "batch_per_replica":
+        return keras.layers.BatchNormalization(
+            momentum=0.95, epsilon=1e-5, synchronized=False, name=name
+        )
+    raise ValueError(
+        f"unknown norm {norm!r}; expected 'group', 'batch' or 'batch_per_replica'")
 
 
 def fold_batch_norm(kernel, gamma, beta, mean, variance, epsilon):
@@ -158,7 +165,7 @@ class PyramidPooling(keras.layers.Layer):
     Args:
       channels: output channels of each branch.
       bins: pooling grid sizes.
-      norm: "batch" or "group".
+      norm: "batch", "batch_per_replica" or "group" (`make_norm`).
 
     Example:
       >>> ppm = PyramidPooling(channels=16, bins=(1, 2, 3, 6), norm="group")
@@ -175,7 +182,9 @@ class PyramidPooling(keras.layers.Layer):
             keras.layers.Conv2D(channels, 1, use_bias=False, name=f"pool{b}_conv")
             for b in self.bins
         ]
-        self.norms = [make_norm(norm, channels, name=f"pool{b}_{norm}_norm") for b in self.bins]
+        # Both batch norms share their variables' names: a checkpoint of either restores.
+        kind = "batch" if norm.startswith("batch") else norm
+        self.norms = [make_norm(norm, channels, name=f"pool{b}_{kind}_norm") for b in self.bins]
 
     def build(self, input_shape):
         for conv, norm in zip(self.convs, self.norms, strict=True):

@@ -43,8 +43,10 @@ flags.DEFINE_enum(
 flags.DEFINE_enum(
     "context_encoder_norm", "group", list(config.CONTEXT_ENCODER_NORMS),
     "Normalisation of the Context Net's p-map pyramid branches: group (the paper: GroupNorm "
-    "in every head layer) or batch (the authors' code). A checkpoint is read with the value "
-    "it was trained with.",
+    "in every head layer), batch (batch norm with statistics synchronized across replicas) "
+    "or batch_per_replica (the authors' code: each replica's own statistics, momentum 0.95). "
+    "A checkpoint is read with the value it was trained with (the two batch norms read each "
+    "other's).",
 )
 flags.DEFINE_float("dropout", 0.1, "Dropout rate of the heads.")
 flags.DEFINE_string(
