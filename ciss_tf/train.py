@@ -19,6 +19,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from ciss_tf import rl
+from ciss_tf.data import input_pipeline
 from ciss_tf.tools import cli, command_flags
 from ciss_tf.training import config, losses, trainer
 
@@ -46,6 +47,12 @@ flags.DEFINE_integer("batch_size", 16, "Global batch size (all replicas together
 flags.DEFINE_list("crop_size", ["473", "473"], "Training crop: height,width.")
 flags.DEFINE_float("min_scale", 0.5, "Smallest random rescaling factor.")
 flags.DEFINE_float("max_scale", 2.0, "Largest random rescaling factor.")
+flags.DEFINE_enum(
+    "augmentation", "pspnet", list(input_pipeline.AUGMENTATIONS),
+    "pspnet: bilinear scaling, padding to the crop, mirror. original: the authors' code "
+    "(bicubic with aligned corners, a short side below the crop fitted to it + 30, mirror, "
+    "brightness and contrast jitter; docs/faithfulness.md).",
+)
 flags.DEFINE_integer("max_steps", 30000, "Training steps (poly decay reaches 0 here).")
 flags.DEFINE_float("base_learning_rate", 2e-3, "Learning rate of PSPNet / the Base Net.")
 flags.DEFINE_float(
@@ -158,6 +165,7 @@ def config_from_flags(flag_values=FLAGS):
         data=config.DataConfig(
             dataset=fv.dataset, data_dir=fv.data_dir, crop_size=_crop_size(fv),
             min_scale=fv.min_scale, max_scale=fv.max_scale, batch_size=fv.batch_size,
+            augmentation=fv.augmentation,
         ),
         optimizer=config.OptimizerConfig(
             optimizer=fv.optimizer, momentum=fv.momentum, weight_decay=fv.weight_decay,

@@ -124,11 +124,13 @@ def test_epochs_are_permutations_with_fresh_orders(constant_pattern):
     np.testing.assert_array_equal(stream["label"][:, 0, 0], np.array(ids) % 5)
 
 
-def test_start_index_resumes_the_exact_stream(constant_pattern):
+@pytest.mark.parametrize("augmentation", ip.AUGMENTATIONS)
+def test_start_index_resumes_the_exact_stream(constant_pattern, augmentation):
     # 21 records per epoch: start inside the first epoch, on the boundary, in the second.
-    reference = flatten(train(constant_pattern), 17)
+    reference = flatten(train(constant_pattern, augmentation=augmentation), 17)
     for start in (5, 21, 26):
-        resumed = flatten(train(constant_pattern, start_index=start), 4)
+        resumed = flatten(train(constant_pattern, start_index=start,
+                                augmentation=augmentation), 4)
         np.testing.assert_array_equal(resumed["sample_id"], np.arange(start, start + 8))
         np.testing.assert_array_equal(resumed["image"], reference["image"][start : start + 8])
         np.testing.assert_array_equal(resumed["label"], reference["label"][start : start + 8])
@@ -298,3 +300,43 @@ def test_label_of_another_size_stops_with_the_record_name(tmp_path):
     pattern = write_shards(tmp_path, "val", examples)
     with pytest.raises(tf.errors.InvalidArgumentError, match="mismatch.png"):
         list(ip.eval_dataset(pattern, num_classes=5))
+
+
+def test_original_augmentation_kernel_and_crop_fit_rule_by_hand():
+    # A 10 x 20 image at scale 1 (min = max) with a 12 x 12 crop: the short side 10 is below
+    # the crop, so the original fits it to 12 + 30 = 42 and the long side to int(20 * 42 / 10)
+    # = 84, never padding. The label is each pixel's column (0..19): nearest resizing maps
+    # the fitted 84 columns back to int(column * 20 / 84) (TF 1's legacy coordinates).
+    image = tf.constant(np.random.default_rng(0).integers(0, 256, (10, 20, 3)), tf.uint8)
+    label = tf.constant(np.tile(np.arange(20, dtype=np.int32), (10, 1)))
+    options = dict(crop_size=(12, 12), min_scale=1.0, max_scale=1.0, ignore_label=255)
+    for trial in range(6):
+        _, got = ip.augment_original(image, label, seed=tf.constant([trial, 1], tf.int64),
+                                     **options)
+        got = got.numpy()
+        assert got.shape == (12, 12) and (got != 255).all()
+        columns = got[0] if got[0, 0] < got[0, -1] else got[0, ::-1]  # undo a mirror
+        fitted = np.floor(np.arange(84) * 20 / 84).astype(int)
+        starts = [s for s in range(84 - 11) if (fitted[s : s + 12] == columns).all()]
+        assert starts, columns
+    # The scaling kernel: bicubic with corners aligned (TF's op), checked at scale 1.5 with
+    # no crop to fit (15 x 30 >= 12 x 12) and no jitter visible in the label.
+    options = dict(crop_size=(15, 30), min_scale=1.5, max_scale=1.5, ignore_label=255)
+    got_image, got_label = ip.augment_original(image, label, seed=tf.constant([0, 2], tf.int64),
+                                               **options)
+    want = tf.compat.v1.image.resize_nearest_neighbor(label[None, ..., None], (15, 30),
+                                                      align_corners=True)[0, ..., 0].numpy()
+    assert (got_label.numpy() == want).all() or (got_label.numpy() == want[:, ::-1]).all()
+    bicubic = tf.compat.v1.image.resize_bicubic(tf.cast(image, tf.float32)[None], (15, 30),
+                                                align_corners=True)[0].numpy()
+    rgb = rgb_of(got_image.numpy())
+    if (got_label.numpy() != want).any():
+        rgb = rgb[:, ::-1]
+    # Brightness (+-0.06) and contrast (x 0.9-1.1 about the mean) jitter, then clipping.
+    mean = bicubic.mean(axis=(0, 1))
+    factor = np.median((rgb - rgb.mean(axis=(0, 1))) / (bicubic - mean + 1e-3))
+    assert 0.9 <= factor <= 1.1
+    want_rgb = mean + factor * (bicubic - mean)
+    inside = (want_rgb > 1) & (want_rgb < 254)  # not clipped
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(rgb[inside], want_rgb[inside], atol=0.5)

@@ -35,6 +35,10 @@ from ciss_tf.data import preprocessing, tfrecord
 from ciss_tf.data.tfrecord import IGNORE_LABEL
 
 _RNG_ALG = "philox"
+# `augment` (PSPNet's: bilinear, padding) or `augment_original` (the authors' code).
+AUGMENTATIONS = ("pspnet", "original")
+# The original fits a short side below the crop to the crop plus this margin.
+ORIGINAL_FIT_MARGIN = 30
 _ORDER_KEY = 1
 _AUGMENT_KEY = 2
 
@@ -68,6 +72,7 @@ def train_dataset(
     input_context: tf.distribute.InputContext | None = None,
     shuffle_buffer: int = 128,
     cycle_length: int = 4,
+    augmentation: str = "pspnet",
 ) -> tf.data.Dataset:
     """The infinite, augmented, batched training stream.
 
@@ -90,6 +95,7 @@ def train_dataset(
             pipeline.
         shuffle_buffer: records per shuffled window.
         cycle_length: shards read at once.
+        augmentation: one of `AUGMENTATIONS`: `augment` or `augment_original`.
 
     Returns:
         Dataset of dicts: `image` float32 [b, H, W, 3] (normalised), `label` int32
@@ -101,6 +107,9 @@ def train_dataset(
         FileNotFoundError, ValueError: missing, empty or truncated shards, or a
             `start_index` that is not a multiple of the number of input pipelines.
     """
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}")
+    augment_fn = augment if augmentation == "pspnet" else augment_original
     paths = tfrecord.list_shards(file_pattern)
     num_pipelines, pipeline_id, local_batch = 1, 0, batch_size
     if input_context is not None:
@@ -156,7 +165,7 @@ def train_dataset(
 
     def prepare(sample_id, serialized):
         example = _decode(serialized, num_classes, ignore_label)
-        image, label = augment(
+        image, label = augment_fn(
             example["image"],
             example["label"],
             seed=_fold(augment_seed, sample_id),
@@ -236,6 +245,71 @@ def augment(
     image.set_shape([crop_h, crop_w, 3])
     label.set_shape([crop_h, crop_w])
     return image, label
+
+
+def augment_original(
+    image: tf.Tensor,
+    label: tf.Tensor,
+    *,
+    seed: tf.Tensor,
+    crop_size: tuple[int, int],
+    min_scale: float,
+    max_scale: float,
+    ignore_label: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The authors' training augmentation (their `datasets/data.py`), keyed as `augment`.
+
+    Random scale (sides rounded half to even, as `tf.round`), the image resized bicubically
+    with corners aligned and the label by nearest neighbour; if a side is then below the
+    crop, the image is resized again so that its shorter side is the crop's longer one plus
+    `ORIGINAL_FIT_MARGIN` (bicubic and nearest, TF 1's legacy coordinates, the longer side
+    truncated), never padded; a random crop, a random mirror; then brightness +-16/255 and
+    contrast 0.9-1.1, clipped to 0..255, and the caffe normalisation.
+
+    Args and returns as `augment` (`ignore_label` unused: nothing is padded).
+    """
+    del ignore_label
+    crop_h, crop_w = crop_size
+    scale_seed, y_seed, x_seed, flip_seed, bright_seed, contrast_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 6, alg=_RNG_ALG)
+    )
+    scale = tf.random.stateless_uniform([], scale_seed, min_scale, max_scale, alg=_RNG_ALG)
+    size = tf.cast(tf.round(scale * tf.cast(tf.shape(label), tf.float32)), tf.int32)
+    image = tf.raw_ops.ResizeBicubic(images=tf.cast(image, tf.float32)[None], size=size,
+                                     align_corners=True)[0]
+    label = tf.raw_ops.ResizeNearestNeighbor(images=label[None, ..., None], size=size,
+                                             align_corners=True)[0, ..., 0]
+    image, label = tf.cond(
+        tf.logical_or(size[0] < crop_h, size[1] < crop_w),
+        lambda: _fit_shorter_side(image, label, max(crop_size) + ORIGINAL_FIT_MARGIN),
+        lambda: (image, label),
+    )
+    fitted = tf.shape(label)
+    top = tf.random.stateless_uniform(
+        [], y_seed, 0, fitted[0] - crop_h + 1, dtype=tf.int32, alg=_RNG_ALG)
+    left = tf.random.stateless_uniform(
+        [], x_seed, 0, fitted[1] - crop_w + 1, dtype=tf.int32, alg=_RNG_ALG)
+    image = image[top : top + crop_h, left : left + crop_w]
+    label = label[top : top + crop_h, left : left + crop_w]
+    mirror = tf.random.stateless_uniform([], flip_seed, alg=_RNG_ALG) < 0.5
+    image, label = tf.cond(mirror, lambda: (image[:, ::-1], label[:, ::-1]), lambda: (image, label))
+    image = tf.image.stateless_random_brightness(image, 16.0 / 255.0, bright_seed)
+    image = tf.image.stateless_random_contrast(image, 0.9, 1.1, contrast_seed)
+    image = preprocessing.normalize_image(tf.clip_by_value(image, 0.0, 255.0))
+    image.set_shape([crop_h, crop_w, 3])
+    label.set_shape([crop_h, crop_w])
+    return image, label
+
+
+def _fit_shorter_side(image, label, shorter):
+    """Both resized so that the shorter side is `shorter` (the original's `crop + 30`)."""
+    height, width = tf.unstack(tf.shape(label))
+    longer = lambda a, b: tf.cast(b * shorter / a, tf.int32)  # noqa: E731  (truncates)
+    size = tf.cond(height <= width, lambda: tf.stack([shorter, longer(height, width)]),
+                   lambda: tf.stack([longer(width, height), shorter]))
+    image = tf.raw_ops.ResizeBicubic(images=image[None], size=size)[0]
+    label = tf.raw_ops.ResizeNearestNeighbor(images=label[None, ..., None], size=size)
+    return image, label[0, ..., 0]
 
 
 def _nearest_taps(out_index, in_size, out_size):

@@ -26,6 +26,7 @@ class DataConfig:
     min_scale: float = 0.5
     max_scale: float = 2.0
     batch_size: int = 16  # global: all replicas together
+    augmentation: str = "pspnet"  # or "original" (`input_pipeline.AUGMENTATIONS`)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -158,6 +158,7 @@ class Trainer:
                 pattern, crop_size=data.crop_size, batch_size=self.global_batch,
                 seed=self.cfg.seed, num_classes=self.info.num_classes,
                 min_scale=data.min_scale, max_scale=data.max_scale,
+                augmentation=data.augmentation,
                 ignore_label=self.info.ignore_label, start_index=start_index,
                 input_context=input_context,
             )
