@@ -8,7 +8,8 @@ the model (e.g. `feature_net/backbone/conv2_1/3x3/conv/kernel`), plus each Dropo
 random-number state (so that a resumed run draws the same masks as an uninterrupted one).
 
 Training writes `tf.train.Checkpoint(model=model_variables(model), optimizer=..., step=...)`
-(plus `optimizer_<group>` for every further learning-rate group, see `train.py`) with a
+(plus `optimizer_<group>` for every further learning-rate group, see
+`training.optimizers.checkpoint_optimizers`) with a
 `tf.train.CheckpointManager` into `--model_dir` (files `ckpt-<step>.*`). Other tools
 restore only the model. A stage-2 CiSS-Net initialises its feature net from a stage-1
 PSPNet checkpoint through the shared `feature_net/` prefix, and optionally its Base Net's
@@ -158,7 +159,7 @@ def restore_base_net_from_pspnet_head(model, path_or_dir):
 
     The Base Net has the head's shape with GroupNorm instead of batch norm: its norm and
     everything else keep their values (a deviation from the paper, which trains the Base
-    Net from its initialisation; see `--base_init` in `train.py`).
+    Net from its initialisation; see `--base_init` of `ciss_tf.train`).
 
     Args:
       model: a built `CissNet`.

@@ -49,7 +49,7 @@ def list_flags_in_help(*modules):
     absl's `--help` lists the key flags of the module named by `sys.argv[0]`. Under
     `python -m` that is the command's own module, but an installed console script
     (`ciss-train`) is a generated file that defines no flag, and shared flags (`--preset`,
-    `--dataset`) live in `ciss_tf.modeling.config` either way. Declaring them key flags of
+    `--dataset`) live in `ciss_tf.tools.command_flags` either way. Declaring them key flags of
     `sys.argv[0]` lists them all, under the first module's docstring as the usage text.
     """
     from absl import flags  # noqa: PLC0415  (keeps this module light for the package import)
