@@ -1,5 +1,7 @@
 """Checkpoints hold every variable, and a stage-1 feature net moves into a stage-2 model."""
 
+import hashlib
+
 import keras
 import numpy as np
 import pytest
@@ -88,3 +90,28 @@ def test_a_batch_norm_context_encoder_checkpoint_names_the_flag(built, tmp_path)
     group_norm = built(config.build_ciss_net, 4, "tiny", seed=2)  # the default: GroupNorm
     with pytest.raises(ValueError, match=r"group_norm.*--context_encoder_norm\?"):
         checkpoints.restore_model(group_norm, prefix)
+
+
+# The checkpoint keys of the tiny nets (`checkpoints.model_variables`: paths built from
+# Keras's layer tree). A Keras release that renames what they walk changes every run's keys;
+# this fails first. To migrate: WORKSPACE.md, "Checkpoint keys".
+GOLDEN_KEYS = {
+    "ciss_net": (175, "4725692ba95bf2b9", "base_net/classifier/bias",
+                 "feature_net/ppm/pool6_conv/kernel"),
+    "pspnet": (131, "7d26439b8509c0b1", "aux_head/bn/beta", "head/dropout/seed_state"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN_KEYS))
+def test_checkpoint_keys_of_the_tiny_nets_are_the_golden_ones(name):
+    keras.utils.set_random_seed(0)
+    if name == "ciss_net":
+        model = config.build_ciss_net(8, "tiny")
+        model(tf.zeros([1, 33, 33, 3]), num_steps=1)
+    else:
+        model = config.build_pspnet(8, "tiny")
+        model(tf.zeros([1, 33, 33, 3]))
+    keys = sorted(checkpoints.model_variables(model))
+    count, digest, first, last = GOLDEN_KEYS[name]
+    assert (len(keys), keys[0], keys[-1]) == (count, first, last), keys
+    assert hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16] == digest, keys
