@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from ciss_tf.data import preprocessing
 from ciss_tf.modeling import checkpoints, config
 from ciss_tf.modeling.ciss_net import CissNet, random_gate_actions
+from ciss_tf.serving import exporter
 from ciss_tf.serving.fast_inference import FastCissNet
+from ciss_tf.tools import greedy_eval
 
 NUM_CLASSES = 5
 IMAGES = tf.random.stateless_normal([3, 64, 64, 3], seed=[4, 2]) * 50.0
@@ -92,3 +95,25 @@ def test_a_keep_rate_outside_0_1_is_refused_naming_the_flag(rate):
         config.ModelConfig(preset="tiny", context_mode="random", random_keep_rate=rate)
     with pytest.raises(ValueError, match="random_keep_rate"):
         config.build_ciss_net(NUM_CLASSES, "tiny", "random", random_keep_rate=rate)
+
+
+def test_evaluator_export_and_gate_statistics_draw_the_same_gate_for_an_image(tmp_path):
+    # The evaluation draw is keyed by the image itself: the plain net (the evaluator's
+    # Segmenter unrolls it), the exported fast net loaded back, and the report's greedy
+    # unroll give an image the same context map, alone or second in a batch; two
+    # different images get different maps.
+    net = _net(0.5)
+    images = tf.cast(tf.random.stateless_uniform([2, 64, 64, 3], seed=[7, 7], maxval=256,
+                                                 dtype=tf.int32), tf.uint8)
+    normalised = preprocessing.normalize_image(images)
+    plain = net(normalised, num_steps=2)["context"].numpy()
+    alone = net(normalised[1:], num_steps=2)["context"].numpy()
+    np.testing.assert_array_equal(alone[:, 0], plain[:, 1])
+    assert ((plain[:, 0] > 0) != (plain[:, 1] > 0)).any()
+    greedy = greedy_eval.greedy_unroll(net, num_steps=2)(normalised[1:])["context"].numpy()
+    np.testing.assert_array_equal(greedy[:, 0], plain[:, 1])
+    served = tf.saved_model.load(exporter.export_saved_model(net, str(tmp_path), 1))
+    context = served.signatures["serving_default"](images=images[1:])["context"].numpy()
+    expected = tf.compat.v1.image.resize_nearest_neighbor(
+        plain[1, 1][None, ..., None], (64, 64), align_corners=True)[0, ..., 0].numpy()
+    np.testing.assert_array_equal(context[0], expected)

@@ -67,13 +67,33 @@ def sample_actions(keep_probability, step, sample_ids, seed):
     return tf.cast(noise < keep_probability, tf.int32)
 
 
+def image_keys(images):
+    """An int64 key per image, from the bits of its pixels and their positions.
+
+    Exact integer arithmetic (wrapping sums are independent of their order), so equal
+    images give equal keys in any batch, graph or tool, and different images different
+    keys but for a 2^-62 chance.
+
+    Args:
+      images: float `[B, H, W, C]`.
+
+    Returns:
+      int64 `[B]` in [0, 2^62).
+    """
+    bits = tf.bitcast(tf.cast(images, tf.float32), tf.int32)
+    flat = tf.cast(tf.reshape(bits, [tf.shape(images)[0], -1]), tf.int64)
+    weights = tf.range(tf.shape(flat)[1], dtype=tf.int64) % 65521 + 1
+    return tf.math.floormod(tf.reduce_sum(flat * weights, axis=1), 2**62)
+
+
 def random_gate_actions(like, keep_rate, step, sample, sample_ids=None, seed=0):
     """The actions of `context_mode="random"`: Bernoulli(`keep_rate`) per pixel.
 
     Sampled (training): keyed by `(seed, step, sample_id)` as `sample_actions`. Otherwise
-    (evaluation, export): keyed by `(RANDOM_GATE_EVAL_SEED, step, index)`, with `index` the
-    example's sample id when given (the evaluator's position in the dataset) or else its
-    position in the batch, so the same images evaluated again get the same actions.
+    (evaluation, export): keyed by `(RANDOM_GATE_EVAL_SEED, step, key)`; `CissNet` and the
+    fast net pass each image's `image_keys`, so an image gets the same gate in every tool
+    (evaluation, export, the report's gate statistics), wherever it sits in a batch; a
+    direct call without ids keys by the position in the batch.
 
     Args:
       like: int `[B, h, w]`, the shape of the actions (the p-map's class ids).
@@ -246,6 +266,9 @@ class CissNet(keras.Model):
         bias_in = bias_x if projected else x
         context_in = context_x if projected else x
 
+        # The random gate's evaluation draw is keyed by the images themselves.
+        gate_ids = (image_keys(images) if self.context_mode == "random" and not sample
+                    else sample_ids)
         logits, contexts, actions, policies, values = [base_logits], [], [], [], []
         for t in range(num_steps):
             policy_logits = None
@@ -256,7 +279,7 @@ class CissNet(keras.Model):
                 policies.append(policy_logits)
                 values.append(value)
             action, context = self.act(
-                t, logits[-1], policy_logits, sample=sample, sample_ids=sample_ids, seed=seed
+                t, logits[-1], policy_logits, sample=sample, sample_ids=gate_ids, seed=seed
             )
             logits.append(base_logits + self.bias_logits(bias_in, context, training, projected))
             contexts.append(context)

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from ciss_tf.modeling import ops
 from ciss_tf.modeling.backbone import stem_pool
-from ciss_tf.modeling.ciss_net import context_actions
+from ciss_tf.modeling.ciss_net import context_actions, image_keys
 from ciss_tf.serving.winograd import winograd_conv3x3, winograd_kernel
 
 
@@ -383,14 +383,15 @@ class FastCissNet(tf.Module):
             bias_x = fused[..., channels : 2 * channels]
             context_x = fused[..., 2 * channels :]
         base_logits = self.base_net.from_conv(base_x)
+        gate_ids = image_keys(images) if self.context_mode == "random" else None
         logits, contexts = [base_logits], []
         for t in range(num_steps):
             prediction = tf.argmax(logits[-1], axis=-1, output_type=tf.int32)
             policy_logits = (self._policy_logits(context_x, logits[-1])
                              if self.context_mode == "learned" else None)
-            # Greedy; the random gate's evaluation draw (keyed by the position in the batch).
+            # Greedy; the random gate's evaluation draw (keyed by the image, as CissNet's).
             action = context_actions(self.context_mode, prediction, t,
-                                     policy_logits=policy_logits,
+                                     policy_logits=policy_logits, sample_ids=gate_ids,
                                      random_keep_rate=self.random_keep_rate)
             context = action * (prediction + 1)
             logits.append(base_logits + self._bias_logits(bias_x, context))
