@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -320,3 +321,49 @@ def test_committed_results_markdown_shows_the_numbers_of_the_committed_json():
             values = block["t2_miou"][run.key]
             assert [cell.strip() for cell in per_seed] == [
                 "-" if v is None else f"{100 * v:.2f}" for v in values], (split, run.key)
+
+
+def test_gate_table_rows_hold_each_runs_and_seeds_own_gate(monkeypatch, tmp_path):
+    # Stand-ins: a "model" per run folder with its keep rate; its gate statistics made
+    # from the folder's name, so a row showing another run's or seed's numbers fails.
+    def gate_of(folder):
+        digest = sum(map(ord, folder)) % 97
+        return {"kept": digest / 100, "kept_where_right": digest / 200,
+                "kept_where_wrong": digest / 400}
+
+    monkeypatch.setattr(report, "load_run", lambda folder: types.SimpleNamespace(
+        folder=folder, random_keep_rate=0.25 if "random" in folder else None))
+    monkeypatch.setattr(report, "_val_dataset", lambda info: None)
+    monkeypatch.setattr(report, "_scaled", lambda dataset: None)
+    monkeypatch.setattr(report.greedy_eval, "greedy_unroll", lambda model: model)
+    monkeypatch.setattr(report.greedy_eval, "evaluate_run",
+                        lambda unroll, dataset, n: (None, gate_of(unroll.folder), None))
+    lines, figure = report.gate_table(str(tmp_path), SEEDS, INFO)
+    rows = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
+    expected = [(run, seed) for run in report.ALL_RUNS if run.gated
+                for seed in run.seeds(SEEDS)]
+    assert len(rows) == len(expected)
+    for row, (run, seed) in zip(rows, expected, strict=True):
+        gate = gate_of(report.run_dir(str(tmp_path), run, seed))
+        rate = "0.250" if run.key == "random_gate" else "-"
+        assert row == (f"| {run.label} | {seed} | {rate} | {100 * gate['kept']:.1f}% | "
+                       f"{100 * gate['kept_where_right']:.1f}% | "
+                       f"{100 * gate['kept_where_wrong']:.1f}% |")
+    assert figure.folder == report.run_dir(str(tmp_path), report.RUN_BY_KEY["ciss"], 0)
+
+
+def test_served_scores_read_the_latest_version_by_number(monkeypatch, tmp_path):
+    for version in ("2", "10", "9"):
+        (tmp_path / "export" / version).mkdir(parents=True)
+    monkeypatch.setattr(report.exporter, "score_export",
+                        lambda path, pattern, n: {"path": path, "pattern": pattern, "n": n})
+    monkeypatch.setattr(report.input_pipeline, "split_file_pattern",
+                        lambda data_dir, split: f"{data_dir}/{split}-*")
+    report.FLAGS([sys.argv[0], f"--runs={tmp_path}", f"--data_dir={tmp_path}"])
+    try:
+        version, scores = report.served_scores(INFO)
+    finally:
+        report.FLAGS.unparse_flags()  # the other tests of this process see them unparsed
+    assert version == "10"
+    assert scores == {"path": str(tmp_path / "export" / "10"), "pattern": f"{tmp_path}/val-*",
+                      "n": INFO.num_classes}
