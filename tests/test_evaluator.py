@@ -15,7 +15,7 @@ from conftest import varied_tiny_net
 
 from ciss_tf.data import input_pipeline, preprocessing, synthetic, tfrecord
 from ciss_tf.evaluation import cityscapes, evaluator
-from ciss_tf.modeling import config, ops
+from ciss_tf.modeling import checkpoints, config, ops
 
 NUM_CLASSES = synthetic.NUM_CLASSES
 SIZES = ((37, 53), (29, 41))
@@ -208,13 +208,14 @@ def test_official_cityscapes_settings_that_do_not_fit_are_refused_before_reading
     assert not os.path.exists("r")
 
 
-def test_our_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):
+def _cityscapes_frames(gt_dir):
+    """Two 45 x 61 frames of random Cityscapes label ids, their official ground-truth PNGs
+    written into `gt_dir/ulm`; returns (images, train ids, leftImg8bit file names)."""
     label_to_train = np.full(256, 255, np.uint8)
     for label in cityscapes_labels:
         if label.id >= 0 and not label.ignoreInEval:
             label_to_train[label.id] = label.trainId
     rng = np.random.default_rng(1)
-    gt_dir, results_dir = tmp_path / "gt", tmp_path / "results"
     (gt_dir / "ulm").mkdir(parents=True)
     images, train_ids, names = [], [], []
     for frame in range(2):
@@ -227,6 +228,37 @@ def test_our_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):
         images.append(rng.integers(0, 256, (*label_ids.shape, 3), dtype=np.uint8))
         train_ids.append(label_to_train[label_ids].astype(np.int32))
         names.append(f"{stem}_leftImg8bit.png")
+    return images, train_ids, names
+
+
+def test_the_evaluate_tool_reports_the_official_cityscapes_scores(tmp_path):
+    # The whole tool on Cityscapes records: it writes the step's label-id PNGs, runs the
+    # official evaluation on them and reports it beside ours (which it equals).
+    gt_dir, results_dir = tmp_path / "gt", tmp_path / "results"
+    images, train_ids, names = _cityscapes_frames(gt_dir)
+    (tmp_path / "records").mkdir()
+    _write_records(tmp_path / "records" / "val-00000-of-00001.tfrecord",
+                   [(i, t.astype(np.uint8)) for i, t in zip(images, train_ids, strict=True)],
+                   names)
+    prefix = str(tmp_path / "ckpt" / "ckpt-3")
+    checkpoints.save_model(varied_tiny_net(19), prefix)
+    report = evaluator.run_evaluation(evaluator.EvalConfig(
+        model=TINY, checkpoint=prefix, data_dir=str(tmp_path / "records"),
+        dataset="cityscapes", eval_steps=(0, 1), cityscapes_results_dir=str(results_dir),
+        cityscapes_gt_dir=str(gt_dir), cityscapes_step=1,
+        output_json=str(tmp_path / "eval.json"),
+    ))
+    assert sorted(os.listdir(results_dir)) == [
+        "ulm_000000_000000_pred_labelIds.png", "ulm_000000_000001_pred_labelIds.png"]
+    official = cityscapes.run_official_evaluation(str(results_dir), str(gt_dir))
+    assert report["cityscapes"] == {"step": 1, **official}
+    assert official["iou_class"] == pytest.approx(report["steps"]["1"]["miou"], abs=1e-9)
+    assert json.loads((tmp_path / "eval.json").read_text())["cityscapes"]["step"] == 1
+
+
+def test_our_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):
+    gt_dir, results_dir = tmp_path / "gt", tmp_path / "results"
+    images, train_ids, names = _cityscapes_frames(gt_dir)
     dataset = tf.data.Dataset.from_generator(
         lambda: ({"image": preprocessing.normalize_image(image)[tf.newaxis],
                   "label": label[np.newaxis], "filename": [name]}
