@@ -76,10 +76,10 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """The infinite, augmented, batched training stream.
 
-    Augmentation (PSPNet style): random scale in [min_scale, max_scale] (image bilinear,
-    label nearest), pad to the crop size (image with the mean pixel, label with
+    Augmentation (`augment`, PSPNet style): random scale in [min_scale, max_scale] (image
+    bilinear, label nearest), pad to the crop size (image with the mean pixel, label with
     `ignore_label`), one random crop shared by image and label, random mirror, then
-    caffe-style normalisation.
+    caffe-style normalisation; or the authors' (`augment_original`).
 
     Args:
         file_pattern: glob of the split's shards (see `split_file_pattern`).
