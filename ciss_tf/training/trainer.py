@@ -411,7 +411,9 @@ def _worker_position(strategy):
     if not spec:
         return 1, 0
     chiefs = len(spec.get("chief", []))
-    index = 0 if resolver.task_type == "chief" else chiefs + resolver.task_id
+    # No task type (a single process) counts as the chief, as before.
+    index = (0 if resolver.task_type in (None, "chief")
+             else chiefs + (resolver.task_id or 0))
     return chiefs + len(spec.get("worker", [])), index
 
 
