@@ -1,15 +1,20 @@
 r"""Evaluates a CiSS-Net checkpoint: mIoU and pixel accuracy at chosen steps (Table 1).
 
-    python -m ciss_tf.evaluate --flagfile=experiments/ade20k.flags --data_dir=DIR \
-        --checkpoint=runs/ade20k --eval_steps=0,2,4,6 --output_json=eval.json
+    python -m ciss_tf.evaluate --checkpoint=runs/ade20k --data_dir=DIR \
+        --eval_steps=0,2,4,6 --output_json=eval.json
+
+A run folder (or a checkpoint in one) brings the model, dataset and inference scale it was
+trained with (`tools.command_flags.inference_settings`); a flag or flagfile overrides only
+what it names. A bare checkpoint prefix needs the experiment's `--flagfile`.
 
 Scores come from one confusion matrix per step summed over the whole split, at the original
 image resolution; `--eval_scales`, `--eval_flip` and `--crop_size` switch on PSPNet's
 multi-scale, mirrored and sliding-window inference. What is scored and the fields of the
 JSON file: docs/evaluation.md.
 
-The flags become an `evaluation.evaluator.EvalConfig` run by `evaluator.run_evaluation`;
-`evaluator.evaluate_model` is the in-process entry point (the trainer and the demo call it).
+The flags become a `tools.evaluate_tool.EvalConfig` run by `evaluate_tool.run_evaluation`;
+`evaluation.evaluator.evaluate_model` is the in-process entry point (the trainer and the
+demo call it).
 Importing this module defines no flags (`run` does): training has its own `--crop_size` and
 `--seed`.
 """
@@ -19,7 +24,7 @@ import math
 from absl import flags
 
 from ciss_tf.evaluation import evaluator, segmenter
-from ciss_tf.tools import command_flags
+from ciss_tf.tools import command_flags, evaluate_tool
 
 FLAGS = flags.FLAGS
 
@@ -29,7 +34,8 @@ def define_flags():
     flags.DEFINE_string("checkpoint", None, "Checkpoint prefix, or a folder (its latest).")
     flags.DEFINE_enum(
         "stage", "ciss", ["pspnet", "ciss"],
-        "ciss: CiSS-Net; pspnet: a stage-1 PSPNet (step 0 only: --eval_steps defaults to 0).",
+        "ciss: CiSS-Net; pspnet: a stage-1 PSPNet (step 0 only: --eval_steps defaults to 0). "
+        "Default: the run folder's stage, else ciss.",
     )
     flags.DEFINE_string("split", None, "Split to evaluate (default: the dataset's eval split).")
     flags.DEFINE_list(
@@ -103,21 +109,22 @@ def _parse_crop_size(values):
 
 
 def config_from_flags():
-    """The `EvalConfig` the parsed flags give (one error naming the flag if they do not)."""
+    """The `EvalConfig` the parsed flags and the run folder give (errors name the flag)."""
+    if not FLAGS.checkpoint:
+        raise ValueError("--checkpoint is required")
+    settings = command_flags.inference_settings(FLAGS.checkpoint)
     steps = _parse_steps(FLAGS.eval_steps)
-    if FLAGS.stage == "pspnet":
+    if settings.model.stage == "pspnet":
         if FLAGS["eval_steps"].present and steps != (0,):
             raise ValueError(f"--stage=pspnet has step 0 only; got --eval_steps={steps}")
         steps = (0,)
-    scales = _parse_scales(FLAGS.eval_scales or [FLAGS.input_scale])
+    scales = _parse_scales(FLAGS.eval_scales or [settings.input_scale])
     crop_size = _parse_crop_size(FLAGS.crop_size)
-    if not FLAGS.checkpoint:
-        raise ValueError("--checkpoint is required")
-    if not FLAGS.data_dir:
+    if not settings.data_dir:
         raise ValueError("--data_dir is required (TFRecords written by data_prep)")
-    return evaluator.EvalConfig(
-        model=command_flags.model_config(FLAGS.stage), checkpoint=FLAGS.checkpoint,
-        data_dir=FLAGS.data_dir, dataset=FLAGS.dataset, split=FLAGS.split, eval_steps=steps,
+    return evaluate_tool.EvalConfig(
+        model=settings.model, checkpoint=FLAGS.checkpoint, data_dir=settings.data_dir,
+        dataset=settings.dataset, split=FLAGS.split, eval_steps=steps,
         scales=scales, flip=FLAGS.eval_flip, crop_size=crop_size, policy=FLAGS.eval_policy,
         seed=FLAGS.seed, max_images=FLAGS.max_eval_images, output_json=FLAGS.output_json,
         cityscapes_results_dir=FLAGS.cityscapes_results_dir,
@@ -128,7 +135,7 @@ def config_from_flags():
 def run():
     """Console entry point."""
     command_flags.run_tool(
-        define_flags, lambda: evaluator.run_evaluation(config_from_flags())
+        define_flags, lambda: evaluate_tool.run_evaluation(config_from_flags())
     )
 
 

@@ -4,8 +4,8 @@ r"""The CamVid results of issue 19: JSON, tables, targets, gates, served model, 
         [--seeds=0,1,2] [--results_json=experiments/camvid_results.json]
 
 Run by `experiments/camvid.sh` after training, evaluation and export; every model is built
-from its run's `model_config.json`, never from flags. What it reads and writes:
-docs/camvid_log.md ("How the report is made").
+from its run folder's `config.json` (`training.run_folder.load_model`), never from flags.
+What it reads and writes: docs/camvid_log.md ("How the report is made").
 """
 
 import dataclasses
@@ -19,10 +19,10 @@ from absl import app, flags
 
 from ciss_tf import train
 from ciss_tf.data import datasets, input_pipeline, preprocessing
-from ciss_tf.modeling import checkpoints, ops
+from ciss_tf.modeling import ops
 from ciss_tf.serving import exporter
 from ciss_tf.tools import demo_report, greedy_eval
-from ciss_tf.training import summaries
+from ciss_tf.training import run_folder, summaries
 
 flags.DEFINE_string("runs", "runs/camvid", "Folder of the runs written by camvid.sh.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of the stage-2 runs, in report order.")
@@ -299,12 +299,6 @@ def wall_time_table(runs, seeds):
     return lines
 
 
-def load_run(folder):
-    """The model of a run folder as it was trained (`checkpoints.load_run`)."""
-    model, _ = checkpoints.load_run(folder)
-    return model
-
-
 def _val_dataset(info):
     pattern = input_pipeline.split_file_pattern(FLAGS.data_dir, "val")
     return input_pipeline.eval_dataset(pattern, num_classes=info.num_classes)
@@ -330,7 +324,7 @@ def gate_table(runs, seeds, info):
         if not run.gated:
             continue
         for seed in run.seeds(seeds):
-            model = load_run(run_dir(runs, run, seed))
+            model, _, _ = run_folder.load_model(run_dir(runs, run, seed))
             unroll = greedy_eval.greedy_unroll(model)
             _, gate, _ = greedy_eval.evaluate_run(unroll, _scaled(_val_dataset(info)),
                                                   info.num_classes)

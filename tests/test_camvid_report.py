@@ -15,8 +15,7 @@ from conftest import ENV, ROOT
 from ciss_tf import train
 from ciss_tf.data import datasets
 from ciss_tf.modeling import checkpoints, config
-from ciss_tf.tools import demo
-from ciss_tf.training import trainer
+from ciss_tf.training import run_folder, trainer
 
 _SPEC = importlib.util.spec_from_file_location(
     "camvid_report", ROOT / "experiments" / "camvid_report.py"
@@ -184,8 +183,8 @@ def test_wall_time_table_reads_the_train_summaries(tmp_path):
 
 
 def test_loader_builds_the_run_as_trained(synthetic_records, tmp_path):
-    # The CamVid flagfiles train the Context Net's branches with batch norm; the old loader
-    # built GroupNorm ones and failed ("lacks 8 variables").
+    # The CamVid flagfiles train the Context Net's branches with batch norm; a loader
+    # building the default GroupNorm ones fails ("lacks 8 variables").
     model_dir = tmp_path / "run"
     trainer.train(train.parse_config([
         "--stage=ciss", "--preset=tiny", "--dataset=synthetic", "--crop_size=48,48",
@@ -194,8 +193,8 @@ def test_loader_builds_the_run_as_trained(synthetic_records, tmp_path):
         f"--model_dir={model_dir}",
     ]))
     with pytest.raises(ValueError, match="lacks"):
-        demo.load_run(str(model_dir), 8, "learned")
-    loaded = report.load_run(str(model_dir))
+        checkpoints.load_model(config.ModelConfig(preset="tiny"), 8, str(model_dir))
+    loaded, _, _ = run_folder.load_model(str(model_dir))
     assert (loaded.context_encoder_norm, loaded.dropout) == ("batch", 0.2)
     expected = config.build_ciss_net(8, "tiny", context_encoder_norm="batch", dropout=0.2)
     expected(tf.zeros([1, 33, 33, 3]), num_steps=1)
@@ -331,8 +330,8 @@ def test_gate_table_rows_hold_each_runs_and_seeds_own_gate(monkeypatch, tmp_path
         return {"kept": digest / 100, "kept_where_right": digest / 200,
                 "kept_where_wrong": digest / 400}
 
-    monkeypatch.setattr(report, "load_run", lambda folder: types.SimpleNamespace(
-        folder=folder, random_keep_rate=0.25 if "random" in folder else None))
+    monkeypatch.setattr(report.run_folder, "load_model", lambda folder: (types.SimpleNamespace(
+        folder=folder, random_keep_rate=0.25 if "random" in folder else None), None, None))
     monkeypatch.setattr(report, "_val_dataset", lambda info: None)
     monkeypatch.setattr(report, "_scaled", lambda dataset: None)
     monkeypatch.setattr(report.greedy_eval, "greedy_unroll", lambda model: model)

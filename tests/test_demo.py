@@ -14,8 +14,8 @@ from conftest import cli_error_line, run_cli
 from ciss_tf import train
 from ciss_tf.data import datasets, input_pipeline
 from ciss_tf.evaluation import evaluator
-from ciss_tf.modeling import checkpoints
 from ciss_tf.tools import demo, demo_report, greedy_eval
+from ciss_tf.training import run_folder
 
 PALETTE = datasets.get_dataset_info("synthetic").palette
 
@@ -131,7 +131,7 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     assert 0 < results["seconds"] <= elapsed
     # The demo's greedy scores equal the evaluator's (another code path: the Segmenter and
     # its confusion matrices) on the run's checkpoint and the same val images.
-    model, _ = checkpoints.load_run(str(workdir / "ciss"))
+    model, _, _ = run_folder.load_model(str(workdir / "ciss"))
     pattern = input_pipeline.split_file_pattern(str(workdir / "data"), "val")
     evaluated = evaluator.evaluate_model(
         model, input_pipeline.eval_dataset(pattern, num_classes=8), num_classes=8,

@@ -1,5 +1,5 @@
 """ciss_tf.evaluate, the command: an experiment's flagfile and one `error:` line on bad input
-(what it runs, `evaluator.run_evaluation`: test_evaluator.py)."""
+(what it runs, `evaluate_tool.run_evaluation`: test_evaluator.py)."""
 
 from conftest import cli_error_line, run_cli
 

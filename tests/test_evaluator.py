@@ -16,6 +16,7 @@ from conftest import varied_tiny_net
 from ciss_tf.data import input_pipeline, preprocessing, synthetic, tfrecord
 from ciss_tf.evaluation import cityscapes, evaluator
 from ciss_tf.modeling import checkpoints, config, ops
+from ciss_tf.tools import evaluate_tool
 
 NUM_CLASSES = synthetic.NUM_CLASSES
 SIZES = ((37, 53), (29, 41))
@@ -130,7 +131,7 @@ def test_evaluate_model_scores_a_pspnet_at_step_0(data_dir):
 def test_run_evaluation_writes_the_contract_json_and_the_table(
         varied_net, varied_checkpoint, data_dir, tmp_path, capsys):
     output = tmp_path / "out" / "eval.json"
-    evaluator.run_evaluation(evaluator.EvalConfig(
+    evaluate_tool.run_evaluation(evaluate_tool.EvalConfig(
         model=TINY, checkpoint=varied_checkpoint, data_dir=str(data_dir), dataset="synthetic",
         eval_steps=(0, 2), output_json=str(output),
     ))
@@ -157,7 +158,7 @@ def test_run_evaluation_writes_the_contract_json_and_the_table(
 def test_a_missing_checkpoint_or_a_remote_report_is_refused_before_writing(
         varied_checkpoint, data_dir, tmp_path, monkeypatch):
     def run(checkpoint, output_json):
-        evaluator.run_evaluation(evaluator.EvalConfig(
+        evaluate_tool.run_evaluation(evaluate_tool.EvalConfig(
             model=TINY, checkpoint=checkpoint, data_dir=str(data_dir), dataset="synthetic",
             output_json=output_json,
         ))
@@ -181,7 +182,7 @@ def test_a_cityscapes_results_dir_holding_earlier_predictions_is_refused(tmp_pat
     # Neither data nor checkpoint exists: the folder must be refused before either is read.
     with pytest.raises(ValueError, match=f"--cityscapes_results_dir {results_dir} already "
                                          "holds prediction PNGs"):
-        evaluator.run_evaluation(evaluator.EvalConfig(
+        evaluate_tool.run_evaluation(evaluate_tool.EvalConfig(
             model=TINY, checkpoint=str(tmp_path / "no_checkpoint"),
             data_dir=str(tmp_path / "no_data"), dataset="cityscapes",
             cityscapes_results_dir=str(results_dir),
@@ -203,7 +204,7 @@ def test_official_cityscapes_settings_that_do_not_fit_are_refused_before_reading
         settings, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=message):
-        evaluator.run_evaluation(evaluator.EvalConfig(
+        evaluate_tool.run_evaluation(evaluate_tool.EvalConfig(
             model=TINY, checkpoint="no_checkpoint", data_dir="no_data", **settings))
     assert not os.path.exists("r")
 
@@ -242,7 +243,7 @@ def test_the_evaluate_tool_reports_the_official_cityscapes_scores(tmp_path):
                    names)
     prefix = str(tmp_path / "ckpt" / "ckpt-3")
     checkpoints.save_model(varied_tiny_net(19), prefix)
-    report = evaluator.run_evaluation(evaluator.EvalConfig(
+    report = evaluate_tool.run_evaluation(evaluate_tool.EvalConfig(
         model=TINY, checkpoint=prefix, data_dir=str(tmp_path / "records"),
         dataset="cityscapes", eval_steps=(0, 1), cityscapes_results_dir=str(results_dir),
         cityscapes_gt_dir=str(gt_dir), cityscapes_step=1,
@@ -271,7 +272,7 @@ def test_our_miou_agrees_with_the_official_cityscapes_evaluation(tmp_path):
     )
     results = evaluator.evaluate_model(
         varied_tiny_net(19), dataset, num_classes=19, eval_steps=(0, 1),
-        on_prediction=evaluator.cityscapes_writer(str(results_dir), 1),
+        on_prediction=evaluate_tool.cityscapes_writer(str(results_dir), 1),
     )
     assert sorted(os.listdir(results_dir)) == [
         "ulm_000000_000000_pred_labelIds.png", "ulm_000000_000001_pred_labelIds.png"

@@ -16,8 +16,8 @@ from training_runs import run
 
 from ciss_tf import metrics, train
 from ciss_tf.data import datasets, input_pipeline
-from ciss_tf.evaluation import evaluator
 from ciss_tf.modeling import checkpoints, config, ops
+from ciss_tf.tools import evaluate_tool
 
 # Each flagfile's own settings (stage, optimizer, context mode, rewards, learning rates,
 # image panels), shrunk to the tiny preset on synthetic records so that one step is cheap.
@@ -122,7 +122,7 @@ def test_baseline_flagfile_trains_and_evaluates_at_t0(synthetic_records, take_st
         os.path.join(model_dir, "ckpt-1")
     ).assert_existing_objects_matched()
     output = tmp_path / "eval.json"
-    report = evaluator.run_evaluation(evaluator.EvalConfig(
+    report = evaluate_tool.run_evaluation(evaluate_tool.EvalConfig(
         model=cfg.model, checkpoint=model_dir, data_dir=synthetic_records,
         dataset=cfg.data.dataset, eval_steps=(0,), scales=(cfg.input_scale,),
         output_json=str(output),
@@ -137,5 +137,5 @@ def test_baseline_flagfile_trains_and_evaluates_at_t0(synthetic_records, take_st
         confusion += metrics.confusion_matrix(batch["label"], predicted, num_classes)
     expected = metrics.segmentation_scores(confusion)["miou"]
     scores = json.loads(output.read_text())["steps"]
-    assert list(scores) == ["0"] and evaluator.json_ready(report)["steps"] == scores
+    assert list(scores) == ["0"] and evaluate_tool.json_ready(report)["steps"] == scores
     np.testing.assert_allclose(scores["0"]["miou"], expected, rtol=1e-6)

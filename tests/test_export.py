@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 from conftest import cli_error_line, run_cli
 
-from ciss_tf import export
 from ciss_tf.data import preprocessing
 from ciss_tf.modeling import config
+from ciss_tf.tools import export_tool
 
 URL = "gs://no-such-bucket"
 TINY = config.ModelConfig(preset="tiny")
@@ -20,7 +20,7 @@ TINY = config.ModelConfig(preset="tiny")
 def test_checkpoint_exports_as_its_step_without_probabilities_unless_asked(
         varied_net, varied_checkpoint, tmp_path, capsys):
     export_dir = tmp_path / "serving"
-    target = export.export_checkpoint(TINY, "synthetic", varied_checkpoint, str(export_dir))
+    target = export_tool.export_checkpoint(TINY, "synthetic", varied_checkpoint, str(export_dir))
     assert sorted(os.listdir(export_dir)) == ["7"]  # the checkpoint's step; no leftovers
     assert target == str(export_dir / "7")
     assert capsys.readouterr().out.strip().splitlines()[-1] == target
@@ -43,14 +43,14 @@ def test_checkpoint_exports_as_its_step_without_probabilities_unless_asked(
     assert len(np.unique(labels)) >= 3 and len(np.unique(context)) >= 3
 
     with pytest.raises(ValueError, match=f"{export_dir / '7'} exists already"):
-        export.export_checkpoint(TINY, "synthetic", varied_checkpoint, str(export_dir))
+        export_tool.export_checkpoint(TINY, "synthetic", varied_checkpoint, str(export_dir))
 
 
 def test_bfloat16_export_serves_the_float32_predictions_in_bfloat16(varied_checkpoint,
                                                                     tmp_path):
-    float32 = export.export_checkpoint(TINY, "synthetic", varied_checkpoint,
+    float32 = export_tool.export_checkpoint(TINY, "synthetic", varied_checkpoint,
                                        str(tmp_path / "f32"), probabilities=True)
-    bfloat16 = export.export_checkpoint(TINY, "synthetic", varied_checkpoint,
+    bfloat16 = export_tool.export_checkpoint(TINY, "synthetic", varied_checkpoint,
                                         str(tmp_path / "bf16"), probabilities=True,
                                         mixed_precision="mixed_bfloat16")
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
@@ -77,7 +77,7 @@ def test_a_remote_export_dir_is_refused_before_writing(varied_checkpoint, tmp_pa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=f"--export_dir={URL}/serving: outputs are written "
                                          "to local paths only"):
-        export.export_checkpoint(TINY, "synthetic", varied_checkpoint, f"{URL}/serving")
+        export_tool.export_checkpoint(TINY, "synthetic", varied_checkpoint, f"{URL}/serving")
     assert not (tmp_path / "gs:").exists()
 
 

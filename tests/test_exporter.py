@@ -15,8 +15,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from ciss_tf import predict
 from ciss_tf.data import preprocessing
+from ciss_tf.evaluation import visualize
 from ciss_tf.serving import exporter
 
 # Objects `tf.saved_model.load` rebuilds from TensorFlow alone: a tf.Module, a list of
@@ -158,7 +158,7 @@ def test_input_scale_runs_the_network_on_the_resized_image_and_answers_at_full_s
         tf.constant(images)
     )
     np.testing.assert_array_equal(served["labels"], expected)
-    labels, context = predict.make_predictor(varied_net, 2, input_scale=0.5)(
+    labels, context = visualize.make_predictor(varied_net, 2, input_scale=0.5)(
         tf.constant(images[0]))
     np.testing.assert_array_equal(labels[2], expected[0])
     np.testing.assert_array_equal(context[1], served["context"][0])

@@ -7,9 +7,10 @@ import pytest
 import tensorflow as tf
 from conftest import cli_error_line, run_cli
 
-from ciss_tf import predict
 from ciss_tf.data import preprocessing, synthetic
+from ciss_tf.evaluation import visualize
 from ciss_tf.modeling import config
+from ciss_tf.tools import predict_tool
 
 WHITE = [255, 255, 255]
 TINY = config.ModelConfig(preset="tiny")
@@ -20,7 +21,7 @@ def test_render_paints_classes_uncertain_pixels_white_and_lays_out_the_compariso
     image = np.full((2, 3, 3), 100, np.uint8)
     labels = np.array([[[0, 1, 2], [2, 1, 0]], [[1, 1, 1], [2, 2, 2]]])
     context = np.array([[[0, 1, 3], [2, 0, 0]]])  # 0 = uncertain, k = class k - 1 kept
-    out = predict.render(image, labels, context, palette, alpha=0.25)
+    out = visualize.render(image, labels, context, palette, alpha=0.25)
     assert set(out) == {"pred_t0", "pred_t1", "context_t1", "overlay_t1", "compare"}
     np.testing.assert_array_equal(out["pred_t0"], palette[labels[0]])
     np.testing.assert_array_equal(out["context_t1"], [
@@ -32,7 +33,7 @@ def test_render_paints_classes_uncertain_pixels_white_and_lays_out_the_compariso
     np.testing.assert_array_equal(out["compare"], np.concatenate(
         [image, out["pred_t0"], out["context_t1"], out["pred_t1"]], axis=1
     ))
-    single = predict.render(image, labels[:1], context[:0], palette)
+    single = visualize.render(image, labels[:1], context[:0], palette)
     assert set(single) == {"pred_t0", "overlay_t0", "compare"}
     assert single["compare"].shape == (2, 6, 3)
 
@@ -55,7 +56,7 @@ def inputs(tmp_path_factory):
 def test_writes_predictions_context_maps_overlay_and_comparison(varied_net, varied_checkpoint,
                                                                 inputs, tmp_path):
     out = tmp_path / "out"
-    predict.write_predictions(TINY, "synthetic", varied_checkpoint, str(inputs), str(out),
+    predict_tool.write_predictions(TINY, "synthetic", varied_checkpoint, str(inputs), str(out),
                               num_steps=2)
     images = {
         "a": _read_rgb(inputs / "a.png"),  # alpha is dropped
@@ -106,13 +107,13 @@ def test_a_broken_input_or_a_remote_output_dir_writes_nothing(varied_checkpoint,
     broken.mkdir()
     (broken / "c.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ValueError, match=str(broken / "c.png")):
-        predict.write_predictions(TINY, "synthetic", varied_checkpoint, str(broken),
+        predict_tool.write_predictions(TINY, "synthetic", varied_checkpoint, str(broken),
                                   str(tmp_path / "out-3"))
     assert not (tmp_path / "out-3").exists()
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="--output_dir=gs://no-such-bucket/out: outputs are "
                                          "written to local paths only"):
-        predict.write_predictions(TINY, "synthetic", varied_checkpoint, str(inputs),
+        predict_tool.write_predictions(TINY, "synthetic", varied_checkpoint, str(inputs),
                                   "gs://no-such-bucket/out")
     assert not (tmp_path / "gs:").exists()
 
@@ -131,4 +132,4 @@ def test_inputs_with_the_same_stem_are_refused(tmp_path):
     for name in ("x.png", "x.jpg"):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(ValueError, match="same output files"):
-        predict.list_images(str(tmp_path))
+        predict_tool.list_images(str(tmp_path))

@@ -21,7 +21,7 @@ from training_runs import TINY, assert_same_weights, new_collective_keys, scalar
 from ciss_tf.data import input_pipeline
 from ciss_tf.evaluation import evaluator
 from ciss_tf.modeling import checkpoints, config
-from ciss_tf.training import trainer
+from ciss_tf.training import run_folder, trainer
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def assert_periodic_eval_scores_the_checkpoint(data_dir, model_dir, step, images
     steps = sorted(int(tag[len("miou/t"):]) for tag, at in logged
                    if tag.startswith("miou/") and at == step)
     assert steps and steps[0] == 0
-    model, _ = checkpoints.load_run(str(model_dir))
+    model, _, _ = run_folder.load_model(str(model_dir))
     checkpoints.restore_model(model, str(model_dir / f"ckpt-{step}"))
     pattern = input_pipeline.split_file_pattern(str(data_dir), "val")
     expected = evaluator.evaluate_model(

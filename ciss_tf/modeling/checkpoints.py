@@ -16,10 +16,8 @@ PSPNet checkpoint through the shared `feature_net/` prefix, and optionally its B
 convs from the PSPNet head (`restore_base_net_from_pspnet_head`).
 """
 
-import json
 import os
 
-import keras
 import tensorflow as tf
 
 from ciss_tf.modeling import config
@@ -27,8 +25,6 @@ from ciss_tf.modeling import config
 FEATURE_NET_PREFIX = "feature_net/"
 # Size of the dummy batch that creates every variable before a checkpoint is restored.
 _BUILD_SIZE = 33
-# A run folder's model, as `keras.saving.serialize_keras_object` writes it.
-MODEL_CONFIG = "model_config.json"
 # Stage-1 head variable -> the Base Net variable of the same shape and role: the 3x3 conv
 # (conv5_4) and the 1x1 classifier (conv6). The norms differ (batch vs group): not copied.
 PSPNET_HEAD_TO_BASE_NET = {
@@ -74,34 +70,6 @@ def model_variables(model, prefix=""):
     for child in model._layers:  # noqa: SLF001
         visit(child, f"{child.name}/")
     return {k: v for k, v in variables.items() if k.startswith(prefix)}
-
-
-def write_model_config(model, model_dir):
-    """Writes `<model_dir>/model_config.json`: the Keras config the run's model is built from.
-
-    Tools that read a run folder build the model from it (`model_from_config`), so they
-    need none of the settings it was trained with (preset, dataset, context mode, norms,
-    keep rate, ...), whether those came from a flagfile or the command line.
-    """
-    tf.io.gfile.makedirs(model_dir)
-    path = os.path.join(model_dir, MODEL_CONFIG)
-    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-        json.dump(keras.saving.serialize_keras_object(model), f, indent=1)
-    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
-
-
-def model_from_config(model_dir):
-    """The (unbuilt) model of a run folder, from its `model_config.json`.
-
-    Raises:
-      ValueError: the folder has no `model_config.json` (runs trained before it was
-        written: build those from their flags).
-    """
-    path = os.path.join(model_dir, MODEL_CONFIG)
-    if not tf.io.gfile.exists(path):
-        raise ValueError(f"{path} not found (a run trained before model configs were saved?)")
-    with tf.io.gfile.GFile(path) as f:
-        return keras.saving.deserialize_keras_object(json.load(f))
 
 
 def resolve(path_or_dir):
@@ -232,29 +200,6 @@ def load_model(model_config, num_classes, checkpoint):
     """
     path = resolve(checkpoint)
     model = config.build_model(model_config, num_classes, (_BUILD_SIZE, _BUILD_SIZE))
-    return _restored(model, path), path
-
-
-def load_run(run_dir):
-    """The model of a training run, built as it was trained, and its latest checkpoint.
-
-    The model comes from the run's `model_config.json` (written by the trainer), not from
-    flags: the caller needs no flagfile, and settings given on the training command line
-    (e.g. `--random_keep_rate`) are kept.
-
-    Args:
-      run_dir: the run's `--model_dir`.
-
-    Returns:
-      (model, checkpoint prefix read).
-
-    Raises:
-      ValueError: no config or checkpoint there, or they do not fit each other.
-    """
-    path = resolve(run_dir)
-    model = config.create_variables(
-        model_from_config(run_dir), (_BUILD_SIZE, _BUILD_SIZE)
-    )
     return _restored(model, path), path
 
 

@@ -1,13 +1,15 @@
 """What the commands share: common flags, their `ModelConfig`, the tools' parser.
 
-The inference tools parse flagfiles with `parse_flags` and report bad input through
-`run_tool`.
+The inference tools (evaluate, predict, export) parse flagfiles with `parse_flags`, take
+what they run from the run folder overridden by the flags given (`inference_settings`)
+and report bad input through `run_tool`.
 
 Commands only: library code takes configs (`config.ModelConfig`, `training.config`,
 `evaluation.evaluator.EvalConfig`), never flags. Importing this module defines the common
 flags in `absl.flags.FLAGS`.
 """
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -15,11 +17,13 @@ import sys
 import tensorflow as tf
 from absl import app, flags
 
+from ciss_tf.data import datasets
 from ciss_tf.modeling import config
 from ciss_tf.modeling.backbone import STEMS
 from ciss_tf.modeling.ciss_net import CONTEXT_MODES
 from ciss_tf.modeling.config import PRESETS
 from ciss_tf.tools import cli
+from ciss_tf.training import run_folder
 
 flags.DEFINE_enum(
     "preset", "resnet50", list(PRESETS), "Network size (see ciss_tf/modeling/config.py)."
@@ -66,6 +70,9 @@ flags.register_validator(
     message="--input_scale must be a positive number",
 )
 
+# `ModelConfig` fields set by the flags of the same names.
+MODEL_FLAGS = ("stage", "preset", "context_mode", "random_keep_rate", "stem",
+               "context_encoder_norm", "dropout")
 
 
 def model_config(stage, flag_values=flags.FLAGS):
@@ -79,6 +86,86 @@ def model_config(stage, flag_values=flags.FLAGS):
         random_keep_rate=flag_values.random_keep_rate, stem=flag_values.stem,
         context_encoder_norm=flag_values.context_encoder_norm, dropout=flag_values.dropout,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings:
+    """What an inference tool runs: the model, its dataset and how images are shown to it.
+
+    Attributes:
+      model: the `ModelConfig` to build.
+      dataset: dataset name (classes, names, palette).
+      data_dir: the TFRecord shards (`--data_dir`, else the run's), or None.
+      input_scale: the scale each image is seen at.
+      unroll_steps: T (the run's, else the tool's `--unroll_steps`), or None if the tool
+        has no such flag and the checkpoint no run folder.
+      run_dir: the run folder the settings came from, or None (a bare checkpoint).
+    """
+
+    model: config.ModelConfig
+    dataset: str
+    data_dir: str | None
+    input_scale: float
+    unroll_steps: int | None
+    run_dir: str | None
+
+
+def inference_settings(checkpoint, flag_values=flags.FLAGS):
+    """The settings of an inference tool for `checkpoint`.
+
+    A checkpoint in a run folder (written by `ciss_tf.train`) brings its own model,
+    dataset, T, inference scale and data folder; a flag given (on the command line or in a
+    flagfile) overrides what it names, within what the trained variables allow
+    (`run_folder.override_model`). A bare checkpoint takes everything from the flags.
+
+    Raises:
+      ValueError: an override the run cannot take, naming the flag and the run.
+    """
+    fv = flag_values
+
+    def given(name):
+        return name in fv and fv[name].present
+
+    def flag(name, default=None):
+        return fv[name].value if name in fv else default
+
+    run_dir = run_folder.run_dir_of(checkpoint)
+    if run_dir is None:
+        return InferenceSettings(
+            model=model_config(flag("stage", "ciss"), fv), dataset=fv.dataset,
+            data_dir=fv.data_dir, input_scale=fv.input_scale,
+            unroll_steps=flag("unroll_steps"), run_dir=None,
+        )
+    trained = run_folder.read_config(run_dir)
+    overrides = {name: fv[name].value for name in MODEL_FLAGS if given(name)}
+    dataset = trained.data.dataset
+    if given("dataset") and fv.dataset != dataset:
+        classes = datasets.get_dataset_info(fv.dataset).num_classes
+        if classes != datasets.get_dataset_info(dataset).num_classes:
+            raise ValueError(
+                f"--dataset={fv.dataset} ({classes} classes) contradicts the run {run_dir} "
+                f"(trained on {dataset})"
+            )
+        dataset = fv.dataset
+    return InferenceSettings(
+        model=run_folder.override_model(run_dir, trained.model, **overrides),
+        dataset=dataset,
+        data_dir=fv.data_dir if given("data_dir") else trained.data.data_dir,
+        input_scale=fv.input_scale if given("input_scale") else trained.input_scale,
+        unroll_steps=fv.unroll_steps if given("unroll_steps") else trained.unroll_steps,
+        run_dir=run_dir,
+    )
+
+
+def stage2_settings(checkpoint, tool, flag_values=flags.FLAGS):
+    """`inference_settings` of a tool that runs CiSS-Net only (`tool`: its name)."""
+    settings = inference_settings(checkpoint, flag_values)
+    if settings.model.stage != "ciss":
+        raise ValueError(
+            f"--checkpoint {checkpoint}: a stage-1 PSPNet run; {tool} takes a stage-2 "
+            "CiSS-Net run"
+        )
+    return settings
 
 
 def parse_flags(argv):

@@ -21,10 +21,10 @@ import tensorflow as tf
 from absl import flags
 
 from ciss_tf.data import datasets, input_pipeline
-from ciss_tf.modeling import checkpoints, config
+from ciss_tf.modeling import checkpoints
 from ciss_tf.serving import exporter
 from ciss_tf.tools import demo_report, greedy_eval
-from ciss_tf.training import trainer
+from ciss_tf.training import run_folder, trainer
 
 DATASET = "synthetic"
 PRESET = "tiny"
@@ -212,15 +212,6 @@ def train_run(name, flagfile, model_dir, args, parse_train_config):
     return cfg
 
 
-def load_run(model_dir, num_classes, context_mode, preset=PRESET):
-    """The CiSS-Net of a run (tiny preset by default), restored from its latest checkpoint."""
-    model = config.build_model(
-        config.ModelConfig(preset=preset, context_mode=context_mode), num_classes
-    )
-    checkpoints.restore_model(model, model_dir)
-    return model
-
-
 def run_demo(cfg, parse_train_config):
     """Runs the whole demo and returns the results dict (docs/demo.md lists its keys).
 
@@ -257,7 +248,7 @@ def run_demo(cfg, parse_train_config):
     ).unbatch().batch(EVAL_BATCH).cache()
     scores, gates = {}, {}
     for run in runs:
-        model = load_run(os.path.join(workdir, run.name), info.num_classes, run.context_mode)
+        model, _, _ = run_folder.load_model(os.path.join(workdir, run.name))
         unroll = greedy_eval.greedy_unroll(model)
         scores[run.name], gates[run.name], step0_errors = greedy_eval.evaluate_run(
             unroll, val, info.num_classes

@@ -64,7 +64,8 @@ class TrainConfig:
     """One training run (stage 1 or 2, by `model.stage`).
 
     Attributes:
-      model_dir: checkpoints, TensorBoard logs, `train_summary.json`, `model_config.json`.
+      model_dir: checkpoints, TensorBoard logs, `train_summary.json`, `config.json` (this
+        config, `run_folder`).
       unroll_steps: T, the context steps of a training episode (stage 2).
       input_scale: the scale images are seen at by the periodic evaluation and the image
         panels (the inference tools' `--input_scale`; training crops have their own).

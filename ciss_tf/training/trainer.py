@@ -25,7 +25,7 @@ from absl import logging
 from ciss_tf.data import datasets, input_pipeline
 from ciss_tf.evaluation import evaluator
 from ciss_tf.modeling import checkpoints
-from ciss_tf.training import gradients, optimizers, summaries, tasks
+from ciss_tf.training import gradients, optimizers, run_folder, summaries, tasks
 
 
 class NonFiniteLossError(RuntimeError):
@@ -250,6 +250,7 @@ def train(cfg):
     if cfg.mixed_precision != "float32":
         keras.mixed_precision.set_global_policy(cfg.mixed_precision)
     info = datasets.get_dataset_info(cfg.data.dataset)
+    run_folder.check_resume(cfg)
     task = tasks.make_task(cfg, info)
     trainer = Trainer(strategy, task)
     model_dir = cfg.model_dir
@@ -263,7 +264,7 @@ def train(cfg):
     iterator = iter(trainer.dataset(start * trainer.global_batch))
     chief = _is_chief(strategy)
     if chief:
-        checkpoints.write_model_config(trainer.model, model_dir)
+        run_folder.record(cfg, start)
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "train")) if chief else None
     preview = (_preview_batch(info, cfg.data.data_dir)
                if chief and task.has_image_panel and cfg.image_summary_every else None)
