@@ -14,7 +14,6 @@ import pytest
 import tensorflow as tf
 
 from ciss_tf.modeling import config, inference, ops, ppm
-from ciss_tf.modeling.ppm import fold_batch_norm
 from ciss_tf.serving.fast_inference import (
     FastCissNet,
     conv3x3_of_upsampled,
@@ -65,32 +64,6 @@ def tiny():
 
 def _images(batch=2, height=67, width=75, seed=0):
     return tf.random.stateless_normal([batch, height, width, 3], seed=[seed, 1]) * 50.0
-
-
-def test_fold_batch_norm_hand_values_and_keras_equivalence():
-    kernel, bias = fold_batch_norm(
-        np.full([1, 1, 1, 1], 2.0), gamma=[3.0], beta=[1.0], mean=[0.5], variance=[4.0],
-        epsilon=0.0,
-    )
-    # s = 3 / sqrt(4) = 1.5: kernel 2 * 1.5 = 3, bias 1 - 0.5 * 1.5 = 0.25.
-    np.testing.assert_allclose(kernel.ravel(), [3.0])
-    np.testing.assert_allclose(bias, [0.25])
-
-    conv = keras.layers.Conv2D(6, 3, padding="same", use_bias=False)
-    norm = keras.layers.BatchNormalization(epsilon=1e-5)
-    x = tf.random.stateless_normal([2, 7, 7, 4], seed=[1, 2])
-    norm(conv(x))
-    rng = np.random.default_rng(1)
-    norm.moving_mean.assign(rng.normal(size=6))
-    norm.moving_variance.assign(rng.uniform(0.1, 3.0, 6))
-    norm.gamma.assign(rng.normal(size=6))
-    norm.beta.assign(rng.normal(size=6))
-    kernel, bias = fold_batch_norm(
-        conv.kernel.numpy(), norm.gamma.numpy(), norm.beta.numpy(), norm.moving_mean.numpy(),
-        norm.moving_variance.numpy(), norm.epsilon,
-    )
-    folded = tf.nn.conv2d(x, kernel.astype(np.float32), 1, "SAME") + bias.astype(np.float32)
-    np.testing.assert_allclose(folded, norm(conv(x), training=False), rtol=1e-5, atol=1e-5)
 
 
 def test_shifted_interpolation_hand_values():

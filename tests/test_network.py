@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from training_runs import new_collective_keys
 
 from ciss_tf.modeling import config, ops, ppm
 from ciss_tf.modeling.backbone import DilatedResNet
@@ -328,37 +327,6 @@ def _tiny_with(context_encoder_norm):
     net = config.build_ciss_net(NUM_CLASSES, "tiny", context_encoder_norm=context_encoder_norm)
     net(_images(1, 33), num_steps=1)
     return net
-
-
-def test_per_replica_batch_norm_uses_each_replicas_statistics_by_hand():
-    # Two replicas, two images each, one channel: replica 0 sees 0 and 2, replica 1 sees
-    # 10 and 14. Per replica (the original): means 1 and 12, variances 1 and 4, so each
-    # normalises to -1, +1. Synchronized: mean 6.5 and variance 32.75 over all four.
-    new_collective_keys()
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    with strategy.scope():
-        layers = {kind: ppm.make_norm(kind, 1, kind) for kind in ("batch_per_replica", "batch")}
-        for layer in layers.values():
-            layer.build((None, 1, 1, 1))
-    assert layers["batch_per_replica"].momentum == 0.95 and layers["batch"].momentum == 0.9
-    inputs = strategy.experimental_distribute_values_from_function(
-        lambda context: tf.reshape(tf.constant(
-            [[0.0, 2.0], [10.0, 14.0]][context.replica_id_in_sync_group]), [2, 1, 1, 1]))
-
-    @tf.function
-    def normalise(x):
-        return {kind: layer(x, training=True) for kind, layer in layers.items()}
-
-    outputs = strategy.run(normalise, args=(inputs,))
-    local = strategy.experimental_local_results
-    per_replica = np.concatenate([v.numpy().ravel() for v in local(outputs["batch_per_replica"])])
-    synced = np.concatenate([v.numpy().ravel() for v in local(outputs["batch"])])
-    eps = 1e-5
-    np.testing.assert_allclose(per_replica, [-1 / np.sqrt(1 + eps), 1 / np.sqrt(1 + eps),
-                                             -2 / np.sqrt(4 + eps), 2 / np.sqrt(4 + eps)],
-                               rtol=1e-5)
-    np.testing.assert_allclose(synced, (np.array([0, 2, 10, 14]) - 6.5) / np.sqrt(32.75 + eps),
-                               rtol=1e-5)
 
 
 def test_model_config_round_trip():

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from ciss_tf.convert import caffe, imagenet
 from ciss_tf.modeling import checkpoints
-from ciss_tf.modeling.ppm import ConvWeights
+from ciss_tf.modeling.layers import ConvWeights
 
 BN_EPSILON = 1e-5
 # Names of a batch norm's four tensors in the NumPy dict, in Caffe's blob order.

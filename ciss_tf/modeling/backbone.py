@@ -27,7 +27,7 @@ Inference rewrites and weight importers reach the convs through `DilatedResNet.s
 import keras
 import tensorflow as tf
 
-from ciss_tf.modeling import ops, ppm
+from ciss_tf.modeling import layers, ops
 
 EXPANSION = 4
 STEMS = ("deep", "resnet")
@@ -62,7 +62,7 @@ class ConvBN(keras.layers.Layer):
             filters, kernel_size, strides=stride, dilation_rate=dilation, padding="valid",
             use_bias=False, name="conv",
         )
-        self.bn = ppm.make_norm("batch", filters, name="bn")
+        self.bn = layers.make_norm("batch", filters, name="bn")
         # make_norm has PSPNet's 1e-5; layers that take Keras ImageNet weights need Keras's.
         self.bn.epsilon = epsilon
 
@@ -75,11 +75,11 @@ class ConvBN(keras.layers.Layer):
 
         `relu?(conv(pad(x), kernel, stride, dilation) + bias)` equals the layer's output.
         """
-        return ppm.fold_conv_norm(self.conv, self.bn)
+        return layers.fold_conv_norm(self.conv, self.bn)
 
     def conv_weights(self):
         """The `ConvWeights` (kernel and batch norm) that importers assign."""
-        return ppm.conv_weights(self.conv, self.bn)
+        return layers.conv_weights(self.conv, self.bn)
 
     def call(self, x, training=False):
         if self.pad:

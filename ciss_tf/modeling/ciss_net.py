@@ -159,7 +159,7 @@ class CissNet(keras.Model):
       context_mode: "learned", "pmap", "none" or "random" (see the module docstring).
       context_encoder_norm: "group" (the paper), "batch" (synchronized across replicas) or
         "batch_per_replica" (the authors' code): the norm of the Context Net's pyramid
-        branches (`ppm.make_norm`).
+        branches (`layers.make_norm`).
       random_keep_rate: the share of actions 1 of the "random" mode, in (0, 1] (unused by
         the other modes).
 

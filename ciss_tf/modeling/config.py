@@ -85,7 +85,7 @@ class ModelConfig:
       random_keep_rate: keep rate of `context_mode="random"`, in (0, 1].
       stem: backbone stem (`backbone.STEMS`).
       context_encoder_norm: the Context Net's p-map pyramid branches: "group", "batch"
-        (synchronized) or "batch_per_replica" (`ppm.make_norm`).
+        (synchronized) or "batch_per_replica" (`layers.make_norm`).
       dropout: dropout rate of the heads.
     """
 

@@ -32,7 +32,7 @@ class ContextNet(keras.layers.Layer):
       dropout: dropout rate.
       norm: normalisation of the pyramid branches: "group" (the paper: GroupNorm in every
         head layer), "batch" (synchronized) or "batch_per_replica" (the authors' code;
-        `ppm.make_norm`).
+        `layers.make_norm`).
 
     Attributes:
       encoder: the `PyramidPooling` of the p-map (the branches of `E`).

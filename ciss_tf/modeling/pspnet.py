@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from ciss_tf.modeling import ops
 from ciss_tf.modeling.backbone import DilatedResNet
-from ciss_tf.modeling.ppm import PyramidPooling, conv_weights, make_norm
+from ciss_tf.modeling.layers import conv_weights, make_norm
+from ciss_tf.modeling.ppm import PyramidPooling
 
 AUX_WEIGHT = 0.4  # weight of the auxiliary res4 loss in PSPNet training
 

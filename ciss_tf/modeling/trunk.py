@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from ciss_tf.modeling import ops
-from ciss_tf.modeling.ppm import make_norm
+from ciss_tf.modeling.layers import make_norm
 
 
 @keras.saving.register_keras_serializable(package="ciss_tf")

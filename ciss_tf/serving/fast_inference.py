@@ -6,7 +6,7 @@ differ from the plain model by float32 rounding only; the tests bound it). It re
 model's layers only through their public hooks (`ConvBN.folded`, `Bottleneck.units`,
 `DilatedResNet.blocks`, `PyramidPooling.project`, `ContextTrunk.feature_kernel`, ...).
 
-1. **Batch norm folded** (`ppm.fold_batch_norm`). The frozen feature net's batch norms
+1. **Batch norm folded** (`layers.fold_batch_norm`). The frozen feature net's batch norms
    become a scale of the conv kernel and a bias:
    `bn(conv(x, W)) = conv(x, W * s) + (beta - mean * s)` with `s = gamma / sqrt(var + eps)`.
 2. **X never materialised.** `X = [res5, up(p6), up(p3), up(p2), up(p1)]`: half of its 4096
