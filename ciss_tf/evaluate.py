@@ -51,7 +51,8 @@ def define_flags():
     flags.DEFINE_list(
         "crop_size", None,
         "Sliding-window size height,width (or one number for a square) for images larger "
-        "than it; unset: whole images.",
+        "than it. Default: a run folder's training crop (as its flagfile's), else whole "
+        "images.",
     )
     flags.DEFINE_enum(
         "eval_policy", "greedy", list(segmenter.POLICIES),
@@ -119,7 +120,9 @@ def config_from_flags():
             raise ValueError(f"--stage=pspnet has step 0 only; got --eval_steps={steps}")
         steps = (0,)
     scales = _parse_scales(FLAGS.eval_scales or [settings.input_scale])
-    crop_size = _parse_crop_size(FLAGS.crop_size)
+    # Unset, a run folder's training crop is the window, as its flagfile's --crop_size.
+    crop_size = (_parse_crop_size(FLAGS.crop_size) if FLAGS["crop_size"].present
+                 else settings.train_crop_size)
     if not settings.data_dir:
         raise ValueError("--data_dir is required (TFRecords written by data_prep)")
     return evaluate_tool.EvalConfig(

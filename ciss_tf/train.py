@@ -142,14 +142,17 @@ flags.DEFINE_integer("eval_images", 50, "Images used by the periodic evaluation.
 FLAGS = flags.FLAGS
 
 
-def _crop_size(flag_values):
+def _crop_size(values):
     try:
-        height, width = (int(v) for v in flag_values.crop_size)
+        height, width = (int(v) for v in values)
     except ValueError:
-        raise ValueError(
-            f"--crop_size must be height,width; got {flag_values.crop_size}"
-        ) from None
+        raise ValueError(f"--crop_size must be height,width; got {values}") from None
     return height, width
+
+
+# `TrainConfig` fields whose flag has another name, and flag values that need converting.
+FLAG_NAMES = {"reward.window": "reward_window", "loss.reduction": "loss_reduction"}
+PARSERS = {"data.crop_size": _crop_size}
 
 
 def config_from_flags(flag_values=FLAGS):
@@ -158,38 +161,7 @@ def config_from_flags(flag_values=FLAGS):
     Raises:
       ValueError: flags that do not make a run (the message names the flag).
     """
-    fv = flag_values
-    return config.TrainConfig(
-        model=command_flags.model_config(fv.stage, fv),
-        model_dir=fv.model_dir,
-        data=config.DataConfig(
-            dataset=fv.dataset, data_dir=fv.data_dir, crop_size=_crop_size(fv),
-            min_scale=fv.min_scale, max_scale=fv.max_scale, batch_size=fv.batch_size,
-            augmentation=fv.augmentation,
-        ),
-        optimizer=config.OptimizerConfig(
-            optimizer=fv.optimizer, momentum=fv.momentum, weight_decay=fv.weight_decay,
-            lr_power=fv.lr_power, base_learning_rate=fv.base_learning_rate,
-            context_learning_rate=fv.context_learning_rate,
-            context_net_learning_rate=fv.context_net_learning_rate,
-        ),
-        reward=config.RewardConfig(
-            gamma=fv.gamma, lambda1=fv.lambda1, lambda2=fv.lambda2, beta1=fv.beta1,
-            beta2=fv.beta2, window=fv.reward_window, unlabelled_reward=fv.unlabelled_reward,
-        ),
-        max_steps=fv.max_steps, unroll_steps=fv.unroll_steps, seed=fv.seed,
-        input_scale=fv.input_scale,
-        init_checkpoint=fv.init_checkpoint, base_init=fv.base_init,
-        imagenet_weights=fv.imagenet_weights, strategy=fv.strategy,
-        num_cpu_devices=fv.num_cpu_devices, jit_compile=fv.jit_compile,
-        mixed_precision=fv.mixed_precision, initial_loss_scale=fv.initial_loss_scale,
-        deterministic=fv.deterministic,
-        stop_at_step=fv.stop_at_step, backprop=fv.backprop, loss_reduction=fv.loss_reduction,
-        grad_accum_steps=fv.grad_accum_steps, checkpoint_every=fv.checkpoint_every,
-        max_to_keep=fv.max_to_keep, log_every=fv.log_every,
-        image_summary_every=fv.image_summary_every, eval_every=fv.eval_every,
-        eval_images=fv.eval_images,
-    )
+    return command_flags.config_from_flags(config.TrainConfig, flag_values, FLAG_NAMES, PARSERS)
 
 
 def parse_config(args):

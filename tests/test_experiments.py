@@ -65,7 +65,7 @@ def test_flagfile_parses_and_builds(path, monkeypatch):
 def test_ablations_override_only_what_they_study(monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = train.parse_config(["--flagfile=experiments/ade20k_gamma_01.flags"])
-    assert (cfg.reward.gamma == 0.1 and cfg.reward.lambda2 == 0.05
+    assert (cfg.loss.gamma == 0.1 and cfg.loss.lambda2 == 0.05
             and cfg.optimizer.base_learning_rate == 2e-3)
     cfg = train.parse_config(["--flagfile=experiments/ade20k_pmap.flags"])
     assert cfg.model.context_mode == "pmap" and cfg.data.dataset == "ade20k"

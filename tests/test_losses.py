@@ -1,5 +1,6 @@
 """Eq. 7 end to end on the tiny model: gradients reach the right nets, reduction is split-safe."""
 
+import dataclasses
 import math
 
 import keras
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from ciss_tf.modeling import config
 from ciss_tf.training import losses
+from ciss_tf.training.config import LossConfig, RewardConfig
 
 NUM_CLASSES = 4
 
@@ -22,6 +24,9 @@ def setup():
     labels = tf.tensor_scatter_nd_update(labels, [[0, 0, 0], [1, 5, 5]], [255, 255])
     model(images, num_steps=1)
     return model, images, labels
+# The hand-computed two-step episode's settings.
+HAND_LOSS = LossConfig(gamma=0.5, lambda1=0.5, lambda2=0.1)
+HAND_REWARD = RewardConfig(beta1=0.4, beta2=0.2, window=1)
 
 
 def _loss(model, images, labels, global_batch, ids, training=True):
@@ -112,7 +117,7 @@ def test_ablation_modes_train_only_the_segmentation_term():
     images = tf.random.stateless_normal([1, 32, 32, 3], seed=[1, 2])
     labels = tf.zeros([1, 32, 32], tf.int32)
     terms = losses.ciss_loss(model(images, training=True, num_steps=2), labels,
-                             global_batch_size=1, lambda1=2.0)
+                             global_batch_size=1, loss=LossConfig(lambda1=2.0))
     np.testing.assert_allclose(float(terms["total"]), 2.0 * float(terms["segmentation"]))
     assert float(terms["kept_fraction"]) == 1.0
     assert "policy" not in terms
@@ -120,8 +125,8 @@ def test_ablation_modes_train_only_the_segmentation_term():
 
 def test_two_step_episode_hand_computed():
     outputs, labels, expected = _two_step_episode()
-    terms = losses.ciss_loss(outputs, labels, global_batch_size=1, gamma=0.5, lambda1=0.5,
-                             lambda2=0.1, beta1=0.4, beta2=0.2, window=1)
+    terms = losses.ciss_loss(outputs, labels, global_batch_size=1, loss=HAND_LOSS,
+                             reward=HAND_REWARD)
     for name, value in expected.items():
         np.testing.assert_allclose(float(terms[name]), value, rtol=1e-5, err_msg=name)
 
@@ -134,8 +139,7 @@ def test_sum_reduction_is_the_originals_sums_over_a_gpus_two_images():
     twice = {k: tf.concat([v, v], axis=0 if k == "bootstrap_value" else 1)
              for k, v in outputs.items()}
     labels = tf.concat([labels, labels], 0)
-    options = dict(gamma=0.5, lambda1=0.5, lambda2=0.1, beta1=0.4, beta2=0.2, window=1,
-                   reduction="sum")
+    options = dict(loss=dataclasses.replace(HAND_LOSS, reduction="sum"), reward=HAND_REWARD)
     sums = {name: 2 * 2 * means[name] for name in ("policy", "value", "entropy",
                                                    "segmentation")}
     original = sums["value"] + sums["policy"] + 0.5 * sums["segmentation"] + 0.1 * sums["entropy"]
@@ -146,8 +150,8 @@ def test_sum_reduction_is_the_originals_sums_over_a_gpus_two_images():
             np.testing.assert_allclose(float(terms[name]), value / gpus, rtol=1e-5)
     for name in ("reward", "return", "value_estimate", "kept_fraction"):
         np.testing.assert_allclose(float(terms[name]), means[name] / 2, rtol=1e-5)
-    mean_terms = losses.ciss_loss(twice, labels, global_batch_size=2, **{
-        **options, "reduction": "mean"})
+    mean_terms = losses.ciss_loss(twice, labels, global_batch_size=2, loss=HAND_LOSS,
+                                  reward=HAND_REWARD)
     np.testing.assert_allclose(float(terms["policy_entropy"]),
                                float(mean_terms["policy_entropy"]) / 2, rtol=1e-5)
     with pytest.raises(ValueError, match="reduction"):

@@ -11,10 +11,11 @@ from ciss_tf.modeling import config, ops, ppm
 from ciss_tf.modeling.backbone import DilatedResNet
 from ciss_tf.modeling.ciss_net import CissNet, context_actions, sample_actions
 from ciss_tf.modeling.context_net import ContextNet
-from ciss_tf.modeling.pspnet import PSPNet
+from ciss_tf.modeling.pspnet import FeatureNet, PSPNet
 from ciss_tf.modeling.segment_net import BaseNet, BiasNet
 
 NUM_CLASSES = 5
+TINY_BACKBONE = dict(name="dilated_resnet", depths=(1, 1, 1, 1), width=8, stem_widths=(8, 8, 16))
 
 
 def _tiny(context_mode="learned", dropout=0.0):
@@ -285,11 +286,11 @@ def _plain(value):
         (ppm.PyramidPooling, dict(channels=16, bins=(1, 2), norm="group")),
         (DilatedResNet, dict(depths=(1, 1, 1, 1), width=8, stem_widths=(8, 8, 16),
                              freeze_bn=True, stem="resnet", stride_on="3x3")),
-        (PSPNet, dict(num_classes=3, feature_net=dict(depths=(1, 1, 1, 1), width=8,
-                                                      stem_widths=(8, 8, 16), ppm_channels=16),
+        (FeatureNet, dict(backbone=dict(TINY_BACKBONE, stem="resnet"), ppm_channels=16,
+                          bins=(1, 2), freeze_bn=True)),
+        (PSPNet, dict(num_classes=3, feature_net=dict(backbone=TINY_BACKBONE, ppm_channels=16),
                       head_channels=24, dropout=0.2)),
-        (CissNet, dict(num_classes=3, feature_net=dict(depths=(1, 1, 1, 1), width=8,
-                                                       stem_widths=(8, 8, 16), ppm_channels=16),
+        (CissNet, dict(num_classes=3, feature_net=dict(backbone=TINY_BACKBONE, ppm_channels=16),
                        channels=32, bias_branch_channels=16, context_branch_channels=16,
                        dropout=0.2, context_mode="random", context_encoder_norm="batch",
                        random_keep_rate=0.4)),

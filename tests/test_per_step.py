@@ -6,6 +6,7 @@ and state, with dropout on and batch norm in the Context Net, in every context m
 T = 0, 1, 2 and 4; then through the trainer on two replicas, and resumed.
 """
 
+import dataclasses
 import logging
 
 import keras
@@ -17,12 +18,12 @@ from training_runs import assert_same_weights, train, weights
 
 from ciss_tf.modeling import config
 from ciss_tf.training import losses, per_step
-from ciss_tf.training.config import RewardConfig
+from ciss_tf.training.config import LossConfig, RewardConfig
 
 NUM_CLASSES = 5
 # The original's reward on unlabelled pixels, so that per_step must pass it on too.
-REWARD = RewardConfig(gamma=0.8, lambda1=1.5, lambda2=0.1, beta1=0.4, beta2=0.2, window=3,
-                      unlabelled_reward="original")
+REWARD = RewardConfig(beta1=0.4, beta2=0.2, window=3, unlabelled_reward="original")
+LOSS = LossConfig(gamma=0.8, lambda1=1.5, lambda2=0.1)
 GLOBAL_BATCH = 4
 
 
@@ -53,10 +54,8 @@ def _episode(net, batch, num_steps, scale_loss=tf.identity, reduction="mean"):
         outputs = net(batch["image"], training=True, num_steps=num_steps,
                       sample_ids=batch["sample_id"], seed=5)
         terms = losses.ciss_loss(
-            outputs, batch["label"], global_batch_size=GLOBAL_BATCH, gamma=REWARD.gamma,
-            lambda1=REWARD.lambda1, lambda2=REWARD.lambda2, beta1=REWARD.beta1,
-            beta2=REWARD.beta2, window=REWARD.window, unlabelled_reward=REWARD.unlabelled_reward,
-            reduction=reduction,
+            outputs, batch["label"], global_batch_size=GLOBAL_BATCH,
+            loss=dataclasses.replace(LOSS, reduction=reduction), reward=REWARD,
         )
         loss = scale_loss(terms["total"])
     return terms, tape.gradient(loss, net.trainable_variables)
@@ -65,8 +64,8 @@ def _episode(net, batch, num_steps, scale_loss=tf.identity, reduction="mean"):
 def _per_step(net, batch, num_steps, scale_loss=tf.identity, reduction="mean"):
     return per_step.gradients(
         net, batch, net.trainable_variables, global_batch_size=GLOBAL_BATCH,
-        num_steps=num_steps, seed=5, reward=REWARD, ignore_label=255, scale_loss=scale_loss,
-        reduction=reduction,
+        num_steps=num_steps, seed=5, loss=dataclasses.replace(LOSS, reduction=reduction),
+        reward=REWARD, ignore_label=255, scale_loss=scale_loss,
     )
 
 

@@ -52,7 +52,8 @@ def test_pspnet50_numpy_dict_imports_completely_and_computes_caffes_network(tmp_
 
 
 def _tiny_model(stride_on="1x1"):
-    feature_net = dict(config.PRESETS["tiny"].feature_net(), stride_on=stride_on)
+    feature_net = config.PRESETS["tiny"].feature_net()
+    feature_net["backbone"] = dict(feature_net["backbone"], stride_on=stride_on)
     model = PSPNet(8, feature_net=feature_net, head_channels=32, name="pspnet")
     model(tf.zeros([1, SIDE, SIDE, 3]))
     return model

@@ -13,6 +13,7 @@ from ciss_tf import train as train_command
 from ciss_tf.modeling import config
 from ciss_tf.tools import command_flags, evaluate_tool
 from ciss_tf.training import run_folder
+from ciss_tf.training.config import TrainConfig
 
 # Every sub-config away from its defaults, so that a field lost on the way fails.
 EVERYTHING = [
@@ -27,7 +28,27 @@ EVERYTHING = [
     "--input_scale=0.5", "--init_checkpoint=/a/b", "--base_init=pspnet",
     "--model_dir=/m", "--data_dir=/d", "--backprop=per_step", "--grad_accum_steps=2",
     "--loss_reduction=sum", "--checkpoint_every=3", "--log_every=2", "--eval_every=5",
+    "--imagenet_weights=/w.h5", "--strategy=mirrored", "--num_cpu_devices=2", "--jit_compile",
+    "--mixed_precision=mixed_bfloat16", "--initial_loss_scale=8", "--deterministic",
+    "--stop_at_step=7", "--max_to_keep=2", "--image_summary_every=3", "--eval_images=4",
 ]
+
+
+def _leaves(values, prefix=""):
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def test_every_setting_has_its_flag():
+    # EVERYTHING moves every field but the backbone (one is registered for the command
+    # line): each reached the config through its flag (`command_flags.config_from_flags`).
+    defaults = dict(_leaves(run_folder.to_dict(TrainConfig(model=config.ModelConfig(),
+                                                           model_dir=None))))
+    given = dict(_leaves(run_folder.to_dict(train_command.parse_config(EVERYTHING))))
+    assert sorted(k for k in given if given[k] == defaults[k]) == ["model.backbone"]
 
 
 def test_a_config_survives_its_json_whole():

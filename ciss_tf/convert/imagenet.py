@@ -20,6 +20,9 @@ import re
 import keras
 import tensorflow as tf
 
+from ciss_tf.modeling import backbones
+from ciss_tf.modeling.backbone import DilatedResNet
+
 KERAS_RESNETS = {
     50: ((3, 4, 6, 3), keras.applications.ResNet50),
     101: ((3, 4, 23, 3), keras.applications.ResNet101),
@@ -70,6 +73,11 @@ def load_keras_resnet_weights(backbone, path, depth=50):
     if depth not in KERAS_RESNETS:
         raise ValueError(f"{path}: depth must be one of {sorted(KERAS_RESNETS)}, got {depth}")
     depths, builder = KERAS_RESNETS[depth]
+    if not isinstance(backbone, DilatedResNet):
+        raise ValueError(
+            f"{path}: Keras ResNet weights fit the dilated_resnet backbone, not "
+            f"{backbones.name_of(backbone) or type(backbone).__name__}"
+        )
     if backbone.stem_type != "resnet":
         raise ValueError(
             f"{path}: Keras ResNet weights need the 7x7 stem (stem='resnet', --stem=resnet); "

@@ -22,7 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from ciss_tf.convert import caffe, imagenet
-from ciss_tf.modeling import checkpoints
+from ciss_tf.modeling import backbones, checkpoints
+from ciss_tf.modeling.backbone import DilatedResNet
 from ciss_tf.modeling.layers import ConvWeights
 
 BN_EPSILON = 1e-5
@@ -246,6 +247,11 @@ def import_weights(model, weights, source="weights", stride_on=None):
         non-finite or (variances) negative; the message names them.
     """
     backbone = model.feature_net.backbone
+    if not isinstance(backbone, DilatedResNet):
+        raise ValueError(
+            f"{source}: PSPNet weights fit the dilated_resnet backbone, not "
+            f"{backbones.name_of(backbone) or type(backbone).__name__}"
+        )
     if backbone.stem_type != "deep":
         raise ValueError(
             f"{source}: PSPNet weights need the deep stem (--stem=deep); the model has "

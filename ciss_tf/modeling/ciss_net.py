@@ -170,8 +170,7 @@ class CissNet(keras.Model):
       context_net: the `ContextNet` in "learned" mode, else None.
 
     Example:
-      >>> net = CissNet(4, feature_net=dict(depths=(1, 1, 1, 1), width=8,
-      ...               stem_widths=(8, 8, 16), ppm_channels=16), channels=32,
+      >>> net = CissNet(4, feature_net=config.PRESETS["tiny"].feature_net(), channels=32,
       ...               bias_branch_channels=16, context_branch_channels=16)
       >>> out = net(tf.zeros([1, 64, 64, 3]), num_steps=2)
       >>> out["logits"].shape, out["context"].shape

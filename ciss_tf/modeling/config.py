@@ -12,6 +12,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from ciss_tf.modeling import backbones
 from ciss_tf.modeling.backbone import STEMS
 from ciss_tf.modeling.ciss_net import CONTEXT_MODES, CissNet
 from ciss_tf.modeling.pspnet import PSPNet
@@ -33,11 +34,10 @@ class Preset:
     # code strides the 1x1 for both, so its ResNet-101 features differ from caffe's).
     stride_on: str = "1x1"
 
-    def feature_net(self, stem="deep"):
-        """`FeatureNet` keyword arguments, with the given backbone stem."""
+    def feature_net(self, stem="deep", backbone=backbones.DEFAULT):
+        """`FeatureNet` keyword arguments: the named backbone sized by this preset."""
         return dict(
-            depths=self.depths, width=self.width, stem_widths=self.stem_widths,
-            ppm_channels=self.ppm_channels, stem=stem, stride_on=self.stride_on,
+            backbone=backbones.config_of(backbone, self, stem), ppm_channels=self.ppm_channels
         )
 
 
@@ -48,21 +48,23 @@ PRESETS = {
     "tiny": Preset((1, 1, 1, 1), 8, (8, 8, 16), 16, 32, 16, 16),
 }
 
-def build_pspnet(num_classes, preset, dropout=0.1, stem="deep"):
+def build_pspnet(num_classes, preset, dropout=0.1, stem="deep", backbone=backbones.DEFAULT):
     """The stage-1 PSPNet of a preset."""
     preset = PRESETS[preset]
     return PSPNet(
-        num_classes, feature_net=preset.feature_net(stem), head_channels=preset.channels,
+        num_classes, feature_net=preset.feature_net(stem, backbone),
+        head_channels=preset.channels,
         dropout=dropout, name="pspnet",
     )
 
 
 def build_ciss_net(num_classes, preset, context_mode="learned", dropout=0.1, stem="deep",
-                   context_encoder_norm="group", random_keep_rate=None):
+                   context_encoder_norm="group", random_keep_rate=None,
+                   backbone=backbones.DEFAULT):
     """The stage-2 CiSS-Net of a preset."""
     preset = PRESETS[preset]
     return CissNet(
-        num_classes, feature_net=preset.feature_net(stem), channels=preset.channels,
+        num_classes, feature_net=preset.feature_net(stem, backbone), channels=preset.channels,
         bias_branch_channels=preset.bias_branch_channels,
         context_branch_channels=preset.context_branch_channels, dropout=dropout,
         context_mode=context_mode, context_encoder_norm=context_encoder_norm,
@@ -83,10 +85,12 @@ class ModelConfig:
       preset: a key of `PRESETS`.
       context_mode: CiSS-Net's gate (`model.CONTEXT_MODES`).
       random_keep_rate: keep rate of `context_mode="random"`, in (0, 1].
-      stem: backbone stem (`backbone.STEMS`).
+      stem: the dilated ResNet's stem (`backbone.STEMS`).
       context_encoder_norm: the Context Net's p-map pyramid branches: "group", "batch"
         (synchronized) or "batch_per_replica" (`layers.make_norm`).
       dropout: dropout rate of the heads.
+      backbone: the feature net's backbone, a name of `backbones.names()` (the dilated
+        ResNet unless a test or an extension registers another).
     """
 
     stage: str = "ciss"
@@ -96,10 +100,12 @@ class ModelConfig:
     stem: str = "deep"
     context_encoder_norm: str = "group"
     dropout: float = 0.1
+    backbone: str = backbones.DEFAULT
 
     def __post_init__(self):
         choices = {"stage": STAGES, "preset": tuple(PRESETS), "context_mode": CONTEXT_MODES,
-                   "stem": tuple(STEMS), "context_encoder_norm": CONTEXT_ENCODER_NORMS}
+                   "stem": tuple(STEMS), "context_encoder_norm": CONTEXT_ENCODER_NORMS,
+                   "backbone": backbones.names()}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name}={getattr(self, name)}: not one of {allowed}")
@@ -113,11 +119,11 @@ class ModelConfig:
 def build_model(cfg, num_classes, image_size=(32, 32)):
     """The model of `cfg` with every variable created (`create_variables`)."""
     if cfg.stage == "pspnet":
-        model = build_pspnet(num_classes, cfg.preset, cfg.dropout, cfg.stem)
+        model = build_pspnet(num_classes, cfg.preset, cfg.dropout, cfg.stem, cfg.backbone)
     else:
         model = build_ciss_net(
             num_classes, cfg.preset, cfg.context_mode, cfg.dropout, cfg.stem,
-            cfg.context_encoder_norm, cfg.random_keep_rate,
+            cfg.context_encoder_norm, cfg.random_keep_rate, cfg.backbone,
         )
     return create_variables(model, image_size)
 

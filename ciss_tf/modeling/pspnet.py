@@ -1,4 +1,4 @@
-"""PSPNet: the feature net (dilated ResNet + Pyramid Pooling Module) and its heads.
+"""PSPNet: the feature net (a backbone + Pyramid Pooling Module) and its heads.
 
 Stage 1 of training fits the whole PSPNet; stage 2 (CiSS-Net) keeps only the feature net,
 frozen, whose output is the domain feature `X` (2048 + 4 x 512 = 4096 channels at output
@@ -8,8 +8,7 @@ stride 8 for the paper preset). The paper calls this stack "the first four block
 import keras
 import tensorflow as tf
 
-from ciss_tf.modeling import ops
-from ciss_tf.modeling.backbone import DilatedResNet
+from ciss_tf.modeling import backbones, ops
 from ciss_tf.modeling.layers import conv_weights, make_norm
 from ciss_tf.modeling.ppm import PyramidPooling
 
@@ -18,37 +17,31 @@ AUX_WEIGHT = 0.4  # weight of the auxiliary res4 loss in PSPNet training
 
 @keras.saving.register_keras_serializable(package="ciss_tf")
 class FeatureNet(keras.layers.Layer):
-    """Dilated ResNet + PPM: images -> `(res4, X)` with `X = [res5, ppm6, ppm3, ppm2, ppm1]`.
+    """Backbone + PPM: images -> `(mid, X)` with `X = [last, ppm6, ppm3, ppm2, ppm1]`.
+
+    With the dilated ResNet, `mid` is res4 and `last` res5 (the backbone contract:
+    `modeling.backbones`).
 
     Args:
-      depths, width, stem_widths: the backbone shape (see `DilatedResNet`).
+      backbone: the backbone's config `{"name": registered name, **its arguments}`
+        (`backbones.config_of`; None: the dilated ResNet-50).
       ppm_channels: channels of each pyramid branch (512 in PSPNet).
       bins: pyramid grid sizes.
       freeze_bn: batch norm in inference mode (always so in CiSS-Net training).
-      stem: "deep" or "resnet" (the 7x7 stem that ImageNet weights need; see `DilatedResNet`).
-      stride_on: "1x1" or "3x3", the strided conv of res3 (see `DilatedResNet`).
 
     Attributes:
-      backbone: the `DilatedResNet` (res5 is the first block of `X`).
+      backbone: the backbone layer (its `last` output is the first block of `X`).
       ppm: the `PyramidPooling` (batch norm) whose branches fill the rest of `X`.
     """
 
-    def __init__(self, depths=(3, 4, 6, 3), width=64, stem_widths=(64, 64, 128),
-                 ppm_channels=512, bins=(1, 2, 3, 6), freeze_bn=False, stem="deep",
-                 stride_on="1x1", **kwargs):
+    def __init__(self, backbone=None, ppm_channels=512, bins=(1, 2, 3, 6), freeze_bn=False,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.depths = tuple(depths)
-        self.width = width
-        self.stem_widths = tuple(stem_widths)
+        self.backbone_config = dict(backbone or {"name": backbones.DEFAULT})
         self.ppm_channels = ppm_channels
         self.bins = tuple(bins)
         self.freeze_bn = freeze_bn
-        self.stem = stem
-        self.stride_on = stride_on
-        self.backbone = DilatedResNet(
-            depths, width, stem_widths, freeze_bn=freeze_bn, stem=stem, stride_on=stride_on,
-            name="backbone",
-        )
+        self.backbone = backbones.build(self.backbone_config, freeze_bn)
         self.ppm = PyramidPooling(ppm_channels, bins, norm="batch", name="ppm")
 
     def build(self, input_shape):
@@ -62,16 +55,15 @@ class FeatureNet(keras.layers.Layer):
 
     def call(self, images, training=False):
         training = training and not self.freeze_bn
-        res4, res5 = self.backbone(images, training=training)
-        x = tf.concat([res5, self.ppm(res5, training=training)], axis=-1)
-        return res4, x
+        mid, last = self.backbone(images, training=training)
+        x = tf.concat([last, self.ppm(last, training=training)], axis=-1)
+        return mid, x
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            depths=self.depths, width=self.width, stem_widths=self.stem_widths,
-            ppm_channels=self.ppm_channels, bins=self.bins, freeze_bn=self.freeze_bn,
-            stem=self.stem, stride_on=self.stride_on,
+            backbone=self.backbone_config, ppm_channels=self.ppm_channels, bins=self.bins,
+            freeze_bn=self.freeze_bn,
         )
         return config
 

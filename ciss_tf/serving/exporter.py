@@ -14,6 +14,7 @@ import shutil
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from ciss_tf import metrics
 from ciss_tf.data import datasets, preprocessing, tfrecord
@@ -49,6 +50,10 @@ class ServingModule(tf.Module):
         # hide the sub-layers they keep in lists from it, and a tracked Keras model would be
         # saved with a traced signature of its own (slow, unused). `signatures` tracks the
         # variables the graph reads instead.
+        if fast and not fast_inference.supports(model):
+            logging.info("The fast inference path does not know this backbone: exporting "
+                         "the plain model")
+            fast = False
         net = fast_inference.FastCissNet(model) if fast else model
 
         def segment(images, size):

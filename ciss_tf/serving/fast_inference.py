@@ -38,8 +38,8 @@ Winograd: a served graph takes images of any size).
 import numpy as np
 import tensorflow as tf
 
-from ciss_tf.modeling import ops
-from ciss_tf.modeling.backbone import stem_pool
+from ciss_tf.modeling import backbones, ops
+from ciss_tf.modeling.backbone import DilatedResNet, stem_pool
 from ciss_tf.modeling.ciss_net import context_actions, image_keys
 from ciss_tf.serving.winograd import winograd_conv3x3, winograd_kernel
 
@@ -222,6 +222,11 @@ def _split_rows(kernel, sizes):
     return blocks
 
 
+def supports(model):
+    """Whether `FastCissNet` can rewrite `model` (it reads the dilated ResNet's hooks)."""
+    return isinstance(model.feature_net.backbone, DilatedResNet)
+
+
 class FastCissNet(tf.Module):
     """Greedy CiSS-Net inference from a trained `CissNet`, rewritten for speed (see module).
 
@@ -244,6 +249,12 @@ class FastCissNet(tf.Module):
 
     def __init__(self, model, winograd=False, winograd_min_channels=512):
         super().__init__(name="fast_ciss_net")
+        if not supports(model):
+            backbone = model.feature_net.backbone
+            raise ValueError(
+                "the fast inference path rewrites the dilated_resnet backbone only, not "
+                f"{backbones.name_of(backbone) or type(backbone).__name__}"
+            )
         dtype = tf.as_dtype(model.compute_dtype)
         if winograd and dtype != tf.float32:
             raise ValueError(f"Winograd convs need float32, the model computes in {dtype.name}")

@@ -13,12 +13,13 @@ import dataclasses
 import itertools
 import math
 import sys
+import typing
 
 import tensorflow as tf
 from absl import app, flags
 
 from ciss_tf.data import datasets
-from ciss_tf.modeling import config
+from ciss_tf.modeling import backbones, config
 from ciss_tf.modeling.backbone import STEMS
 from ciss_tf.modeling.ciss_net import CONTEXT_MODES
 from ciss_tf.modeling.config import PRESETS
@@ -53,10 +54,14 @@ flags.DEFINE_enum(
     "other's).",
 )
 flags.DEFINE_float("dropout", 0.1, "Dropout rate of the heads.")
-flags.DEFINE_string(
-    "dataset", "synthetic",
-    "Dataset name (cityscapes, ade20k, pascal_context, camvid, synthetic): sets the classes, "
-    "their names and palette.",
+flags.DEFINE_enum(
+    "backbone", backbones.DEFAULT, list(backbones.names()),
+    "The feature net's backbone (ciss_tf/modeling/backbones.py: its contract, and how to "
+    "add one).",
+)
+flags.DEFINE_enum(
+    "dataset", "synthetic", list(datasets.DATASET_NAMES),
+    "Dataset (ciss_tf/data/datasets.py): its classes, their names and palette.",
 )
 flags.DEFINE_string("data_dir", None, "Folder of TFRecord shards written by data_prep.")
 flags.DEFINE_float(
@@ -72,7 +77,43 @@ flags.register_validator(
 
 # `ModelConfig` fields set by the flags of the same names.
 MODEL_FLAGS = ("stage", "preset", "context_mode", "random_keep_rate", "stem",
-               "context_encoder_norm", "dropout")
+               "context_encoder_norm", "dropout", "backbone")
+
+
+def config_from_flags(cls, flag_values, flag_names=None, parsers=None, given=None,
+                      prefix=""):
+    """The frozen config dataclass `cls` from the flags named as its fields.
+
+    Nested config fields are built the same way. A field without a flag is an error, so a
+    new field cannot be forgotten by the command.
+
+    Args:
+      cls: the config class.
+      flag_values: the parsed flags.
+      flag_names: `{dotted field: flag}` where the flag has another name (e.g.
+        `{"reward.window": "reward_window"}`).
+      parsers: `{dotted field: fn(flag value) -> field value}` where they differ.
+      given: `{dotted field: value}` set by the command itself, not by a flag.
+      prefix: the dotted path of `cls` in the outer config (recursion).
+
+    Raises:
+      ValueError: a value the config refuses (its message names the flag).
+    """
+    flag_names, parsers, given = flag_names or {}, parsers or {}, given or {}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        path = prefix + field.name
+        if path in given:
+            values[field.name] = given[path]
+        elif dataclasses.is_dataclass(hints[field.name]):
+            values[field.name] = config_from_flags(
+                hints[field.name], flag_values, flag_names, parsers, given, f"{path}."
+            )
+        else:
+            value = flag_values[flag_names.get(path, field.name)].value
+            values[field.name] = parsers[path](value) if path in parsers else value
+    return cls(**values)
 
 
 def model_config(stage, flag_values=flags.FLAGS):
@@ -81,11 +122,7 @@ def model_config(stage, flag_values=flags.FLAGS):
     Raises:
       ValueError: a flag value the model cannot take (the message names the flag).
     """
-    return config.ModelConfig(
-        stage=stage, preset=flag_values.preset, context_mode=flag_values.context_mode,
-        random_keep_rate=flag_values.random_keep_rate, stem=flag_values.stem,
-        context_encoder_norm=flag_values.context_encoder_norm, dropout=flag_values.dropout,
-    )
+    return config_from_flags(config.ModelConfig, flag_values, given={"stage": stage})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +137,8 @@ class InferenceSettings:
       unroll_steps: T (the run's, else the tool's `--unroll_steps`), or None if the tool
         has no such flag and the checkpoint no run folder.
       run_dir: the run folder the settings came from, or None (a bare checkpoint).
+      train_crop_size: the run's training crop `(height, width)` (PSPNet's evaluation
+        window), or None for a bare checkpoint.
     """
 
     model: config.ModelConfig
@@ -108,6 +147,7 @@ class InferenceSettings:
     input_scale: float
     unroll_steps: int | None
     run_dir: str | None
+    train_crop_size: tuple[int, int] | None = None
 
 
 def inference_settings(checkpoint, flag_values=flags.FLAGS):
@@ -153,7 +193,7 @@ def inference_settings(checkpoint, flag_values=flags.FLAGS):
         data_dir=fv.data_dir if given("data_dir") else trained.data.data_dir,
         input_scale=fv.input_scale if given("input_scale") else trained.input_scale,
         unroll_steps=fv.unroll_steps if given("unroll_steps") else trained.unroll_steps,
-        run_dir=run_dir,
+        run_dir=run_dir, train_crop_size=trained.data.crop_size,
     )
 
 

@@ -48,15 +48,29 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
-    """The Eq. 4-7 settings of stage 2: rewards, returns and loss weights."""
+    """Eq. 4's reward: the settings of `rl.context_reward` (its keyword arguments).
 
-    gamma: float = 0.9
-    lambda1: float = 1.0
-    lambda2: float = 0.05
+    A new reward parameter is a field here and an argument of `rl.context_reward` of the
+    same name (and the `ciss_tf.train` flag of that name).
+    """
+
     beta1: float = 0.4
     beta2: float = 0.2
     window: int = 5
     unlabelled_reward: str = "beta2"
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Eq. 5-7: the returns' discount, the loss weights and how each term is reduced.
+
+    `reduction`: "mean" per pixel, or "sum" as the authors' code (`losses.REDUCTIONS`).
+    """
+
+    gamma: float = 0.9
+    lambda1: float = 1.0
+    lambda2: float = 0.05
+    reduction: str = "mean"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +91,6 @@ class TrainConfig:
         T, `training/per_step.py`); the same gradient.
       grad_accum_steps: micro-batches per update (`data.batch_size` stays the update's).
       initial_loss_scale: mixed_float16: where the dynamic loss scale starts.
-      loss_reduction: "mean" per pixel, or "sum" as the authors' code
-        (`training/losses.py`).
       Others: as the `ciss_tf.train` flags of the same names say.
     """
 
@@ -87,6 +99,7 @@ class TrainConfig:
     data: DataConfig = DataConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     reward: RewardConfig = RewardConfig()
+    loss: LossConfig = LossConfig()
     max_steps: int = 30000
     unroll_steps: int = 8
     seed: int = 0
@@ -103,7 +116,6 @@ class TrainConfig:
     stop_at_step: int | None = None
     backprop: str = "episode"
     grad_accum_steps: int = 1
-    loss_reduction: str = "mean"
     checkpoint_every: int = 1000
     max_to_keep: int = 5
     log_every: int = 20

@@ -18,13 +18,18 @@ The statistics (reward, return, value estimate, policy entropy, kept fraction) a
 per pixel and image in both.
 """
 
+import dataclasses
+
 import tensorflow as tf
 
 from ciss_tf import rl
 from ciss_tf.modeling import ops
 from ciss_tf.modeling.pspnet import AUX_WEIGHT
+from ciss_tf.training.config import LossConfig, RewardConfig
 
 REDUCTIONS = ("mean", "sum")
+PAPER_LOSS = LossConfig()  # gamma 0.9, lambda1 1, lambda2 0.05, means per pixel
+PAPER_REWARD = RewardConfig()  # beta1 0.4, beta2 0.2, 5 x 5 window
 ORIGINAL_IMAGES_PER_GPU = 2
 
 
@@ -75,9 +80,8 @@ def pspnet_loss(outputs, labels, *, global_batch_size, ignore_label=255, aux_wei
     return terms
 
 
-def ciss_loss(outputs, labels, *, global_batch_size, gamma=0.9, lambda1=1.0, lambda2=0.05,
-              beta1=0.4, beta2=0.2, window=5, ignore_label=255, unlabelled_reward="beta2",
-              reduction="mean"):
+def ciss_loss(outputs, labels, *, global_batch_size, loss=PAPER_LOSS, reward=PAPER_REWARD,
+              ignore_label=255):
     """Eq. 7: `L = L_p + L_v + lambda1 L_s + lambda2 L_e` over an unrolled episode.
 
     The sum over steps of `step_terms`, with the returns of `episode_returns`: the
@@ -89,9 +93,9 @@ def ciss_loss(outputs, labels, *, global_batch_size, gamma=0.9, lambda1=1.0, lam
         (the "pmap", "none" and "random" modes) only the segmentation term is used.
       labels: int `[B, H, W]` at the input resolution.
       global_batch_size: images in the global batch (all replicas).
-      gamma, lambda1, lambda2, beta1, beta2, window: SPEC.md sections 3 and 4.
-      unlabelled_reward: `rl.UNLABELLED_REWARDS`.
-      reduction: `REDUCTIONS` (the module docstring).
+      loss: the `LossConfig`: gamma, lambda1, lambda2 (SPEC.md section 4) and the
+        reduction (`REDUCTIONS`, the module docstring).
+      reward: the `RewardConfig` of Eq. 4 (SPEC.md section 3).
       ignore_label: label value left out of the cross-entropy and never correct.
 
     Returns:
@@ -105,15 +109,13 @@ def ciss_loss(outputs, labels, *, global_batch_size, gamma=0.9, lambda1=1.0, lam
     rewards = returns = None
     if learned:
         rewards, returns = episode_returns(
-            outputs, labels, gamma=gamma, beta1=beta1, beta2=beta2, window=window,
-            unlabelled_reward=unlabelled_reward,
-            ignore_label=ignore_label,
+            outputs, labels, gamma=loss.gamma, reward=reward, ignore_label=ignore_label
         )
     per_step = []
     for t in range(logits.shape[0]):
         acts = learned and t < logits.shape[0] - 1
         per_step.append(step_terms(
-            logits[t], labels, global_batch_size=global_batch_size, reduction=reduction,
+            logits[t], labels, global_batch_size=global_batch_size, reduction=loss.reduction,
             ignore_label=ignore_label,
             policy_logits=outputs["policy_logits"][t] if acts else None,
             values=outputs["values"][t] if acts else None,
@@ -121,12 +123,11 @@ def ciss_loss(outputs, labels, *, global_batch_size, gamma=0.9, lambda1=1.0, lam
             returns=returns[t] if acts else None,
         ))
     return episode_terms(per_step, outputs, rewards, returns,
-                         global_batch_size=global_batch_size, lambda1=lambda1,
-                         lambda2=lambda2)
+                         global_batch_size=global_batch_size, lambda1=loss.lambda1,
+                         lambda2=loss.lambda2)
 
 
-def episode_returns(outputs, labels, *, gamma, beta1, beta2, window, ignore_label,
-                    unlabelled_reward="beta2"):
+def episode_returns(outputs, labels, *, gamma, reward, ignore_label):
     """The rewards r_t (Eq. 4) and returns R_t (Eq. 5) of an episode, both `[T, B, h, w]`.
 
     Constants of the loss: they depend on the p-maps' class ids, the context maps, the
@@ -138,8 +139,7 @@ def episode_returns(outputs, labels, *, gamma, beta1, beta2, window, ignore_labe
     rewards = tf.stack([
         rl.context_reward(
             predictions[t], predictions[t + 1], small_labels, outputs["context"][t],
-            window=window, beta1=beta1, beta2=beta2, ignore_label=ignore_label,
-            unlabelled_reward=unlabelled_reward,
+            ignore_label=ignore_label, **dataclasses.asdict(reward),
         )
         for t in range(logits.shape[0] - 1)
     ])

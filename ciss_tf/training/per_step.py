@@ -40,8 +40,8 @@ def _state_variables(model):
     return [v for net in nets if net is not None for v in net.non_trainable_variables]
 
 
-def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, reward,
-              ignore_label, scale_loss, reduction="mean"):
+def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, loss, reward,
+              ignore_label, scale_loss):
     """Eq. 7's terms and their gradients, one unrolled step at a time.
 
     Args:
@@ -51,10 +51,10 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
       global_batch_size: images in the global batch (the losses' reduction).
       num_steps: T.
       seed: the run's seed (the action noise).
+      loss: the `LossConfig` (gamma, loss weights, reduction).
       reward: the `RewardConfig`.
       ignore_label: the dataset's ignore label.
       scale_loss: the loss scaling of mixed_float16 (identity otherwise).
-      reduction: `losses.REDUCTIONS`.
 
     Returns:
       (terms, gradients): `losses.ciss_loss`'s dict of the episode and the gradients of
@@ -93,9 +93,7 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
         episode["values"] = tf.stack(values)
         episode["bootstrap_value"] = model.policy_and_value(context_in, logits[-1], True)[1]
         rewards, returns = losses.episode_returns(
-            episode, labels, gamma=reward.gamma, beta1=reward.beta1, beta2=reward.beta2,
-            window=reward.window, ignore_label=ignore_label,
-            unlabelled_reward=reward.unlabelled_reward,
+            episode, labels, gamma=loss.gamma, reward=reward, ignore_label=ignore_label
         )
     # Reads and writes of one variable keep their program order in a `tf.function`.
     recorded = [tf.identity(v) for v in state]
@@ -130,15 +128,15 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
                 )
             terms = losses.step_terms(
                 step_logits, labels, global_batch_size=global_batch_size,
-                reduction=reduction, ignore_label=ignore_label,
+                reduction=loss.reduction, ignore_label=ignore_label,
                 policy_logits=policy_logits, values=value, actions=step_actions,
                 returns=step_returns,
             )
-            loss = scale_loss(
-                losses.weighted_total(terms, lambda1=reward.lambda1, lambda2=reward.lambda2)
+            scaled = scale_loss(
+                losses.weighted_total(terms, lambda1=loss.lambda1, lambda2=loss.lambda2)
             )
         targets = [t for t in inputs if t is not None]
-        grads = tape.gradient(loss, list(variables) + targets)
+        grads = tape.gradient(scaled, list(variables) + targets)
         step_gradients = add_gradients(step_gradients, grads[: len(variables)])
         shared_gradients = add_gradients(shared_gradients, grads[len(variables):])
         per_step.append({name: tf.stop_gradient(v) for name, v in terms.items()})
@@ -159,8 +157,7 @@ def gradients(model, batch, variables, *, global_batch_size, num_steps, seed, re
     ))
     all_terms = losses.episode_terms(
         per_step, episode, rewards, returns, global_batch_size=global_batch_size,
-        lambda1=reward.lambda1,
-        lambda2=reward.lambda2,
+        lambda1=loss.lambda1, lambda2=loss.lambda2,
     )
     return all_terms, grads
 

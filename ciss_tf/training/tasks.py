@@ -116,7 +116,7 @@ class PSPNetTask(Task):
     def loss(self, outputs, labels, global_batch_size):
         return losses.pspnet_loss(
             outputs, labels, global_batch_size=global_batch_size,
-            ignore_label=self.info.ignore_label, reduction=self.cfg.loss_reduction,
+            ignore_label=self.info.ignore_label, reduction=self.cfg.loss.reduction,
         )
 
 
@@ -169,12 +169,9 @@ class CissTask(Task):
         )
 
     def loss(self, outputs, labels, global_batch_size):
-        reward = self.cfg.reward
         return losses.ciss_loss(
-            outputs, labels, global_batch_size=global_batch_size, gamma=reward.gamma,
-            lambda1=reward.lambda1, lambda2=reward.lambda2, beta1=reward.beta1,
-            beta2=reward.beta2, window=reward.window, ignore_label=self.info.ignore_label,
-            unlabelled_reward=reward.unlabelled_reward, reduction=self.cfg.loss_reduction,
+            outputs, labels, global_batch_size=global_batch_size, loss=self.cfg.loss,
+            reward=self.cfg.reward, ignore_label=self.info.ignore_label,
         )
 
     def gradients(self, model, batch, variables, global_batch_size, scale_loss):
@@ -183,9 +180,8 @@ class CissTask(Task):
             return super().gradients(model, batch, variables, global_batch_size, scale_loss)
         return per_step.gradients(
             model, batch, variables, global_batch_size=global_batch_size,
-            num_steps=self.cfg.unroll_steps, seed=self.cfg.seed, reward=self.cfg.reward,
-            ignore_label=self.info.ignore_label, scale_loss=scale_loss,
-            reduction=self.cfg.loss_reduction,
+            num_steps=self.cfg.unroll_steps, seed=self.cfg.seed, loss=self.cfg.loss,
+            reward=self.cfg.reward, ignore_label=self.info.ignore_label, scale_loss=scale_loss,
         )
 
     @property
