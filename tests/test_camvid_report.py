@@ -10,13 +10,13 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ENV, ROOT
 
 from ciss_tf import train
 from ciss_tf.data import datasets
 from ciss_tf.modeling import checkpoints, config
 from ciss_tf.tools import demo
 from ciss_tf.training import trainer
+from tests.helpers.cli import ENV, ROOT
 
 _SPEC = importlib.util.spec_from_file_location(
     "camvid_report", ROOT / "experiments" / "camvid_report.py"

@@ -6,7 +6,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from training_runs import new_collective_keys
 
 from ciss_tf.modeling import config, ops, ppm
 from ciss_tf.modeling.backbone import DilatedResNet
@@ -14,6 +13,7 @@ from ciss_tf.modeling.ciss_net import CissNet, context_actions, sample_actions
 from ciss_tf.modeling.context_net import ContextNet
 from ciss_tf.modeling.pspnet import PSPNet
 from ciss_tf.modeling.segment_net import BaseNet, BiasNet
+from tests.helpers.training_runs import new_collective_keys
 
 NUM_CLASSES = 5
 

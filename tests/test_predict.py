@@ -5,11 +5,11 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_error_line, run_cli
 
 from ciss_tf import predict
 from ciss_tf.data import preprocessing, synthetic
 from ciss_tf.modeling import config
+from tests.helpers.cli import cli_error_line, run_cli
 
 WHITE = [255, 255, 255]
 TINY = config.ModelConfig(preset="tiny")
