@@ -1,18 +1,16 @@
-"""Shared test set-up: quiet TensorFlow, CPU only, deterministic ops."""
+"""Shared test set-up (quiet TensorFlow, CPU only, deterministic ops) and the fixtures.
+
+Plain helpers are in `tests.helpers`.
+"""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.helpers.nets import varied_tiny_net
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-
-ROOT = Path(__file__).resolve().parents[1]
-# What a command run by a test sees: the same quiet, CPU-only TensorFlow as the tests.
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
 
 
 def pytest_configure(config):
@@ -30,57 +28,6 @@ def pytest_configure(config):
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
     )
-
-
-def run_cli(module, *args, check=True, env=None, timeout=600):
-    """Runs `python -m module args` from the repository root; returns the CompletedProcess.
-
-    With `check`, a non-zero exit fails the test with the command's stderr tail. Keep it for
-    what needs a process boundary: the error-line contract, `--help`, multi-worker runs.
-    """
-    result = subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env or ENV,
-        capture_output=True, text=True, timeout=timeout,
-    )
-    if check and result.returncode:
-        raise AssertionError(f"{module} failed:\n{result.stderr[-4000:]}")
-    return result
-
-
-def varied_tiny_net(num_classes):
-    """A random tiny CiSS-Net whose predictions vary over the image at every step.
-
-    Untrained, one class wins almost everywhere. Centring the Base Net's logits and the
-    policy on a probe image and shrinking the Bias Net's output spreads the classes and keeps
-    about half of the pixels as context.
-    """
-    import keras  # noqa: PLC0415  (after the environment above is set)
-    import tensorflow as tf  # noqa: PLC0415
-
-    from ciss_tf.modeling import config  # noqa: PLC0415
-
-    keras.utils.set_random_seed(0)
-    net = config.build_ciss_net(num_classes, "tiny")
-    probe = tf.random.stateless_normal([1, 37, 53, 3], seed=[0, 1], stddev=60.0)
-    net(probe, num_steps=1)
-    net.bias_net.classifier.kernel.assign(net.bias_net.classifier.kernel * 0.1)
-    for bias, output in ((net.base_net.classifier.bias, "logits"),
-                         (net.context_net.policy_head.bias, "policy_logits")):
-        mean = tf.reduce_mean(net(probe, num_steps=1)[output][0], axis=[0, 1, 2])
-        bias.assign(bias - mean)
-    return net
-
-
-def cli_error_line(result):
-    """The `error: ...` line of a failed CLI run (a CompletedProcess or (code, out, err))."""
-    if isinstance(result, subprocess.CompletedProcess):
-        result = (result.returncode, result.stdout, result.stderr)
-    returncode, _, stderr = result
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert returncode != 0
-    assert "Traceback" not in stderr
-    assert lines[-1].startswith("error: "), stderr
-    return lines[-1]
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from training_runs import run
 
 from ciss_tf.convert import imagenet
 from ciss_tf.modeling import backbones, config
@@ -16,6 +15,7 @@ from ciss_tf.serving.fast_inference import FastCissNet
 from ciss_tf.tools import evaluate_tool, export_tool
 from ciss_tf.training import run_folder
 from ciss_tf.training.config import DataConfig, TrainConfig
+from tests.helpers.training_runs import run
 
 
 class PlainBackbone(keras.layers.Layer):

@@ -6,11 +6,11 @@ import types
 
 import pytest
 import tensorflow as tf
-from conftest import cli_error_line, run_cli
 
 from ciss_tf import benchmark as benchmark_command
 from ciss_tf import train
 from ciss_tf.tools import benchmark, benchmark_report, train_probe
+from tests.helpers.cli import cli_error_line, run_cli
 
 
 def test_feature_size_is_pspnet_output_stride_8():

@@ -6,8 +6,12 @@ import logging
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, cli_error_line, run_cli
-from raw_datasets import (
+
+from ciss_tf.data import datasets, raw_readers
+from ciss_tf.data.raw_readers import RawDataError
+from data_prep import builder
+from tests.helpers.cli import ROOT, cli_error_line, run_cli
+from tests.helpers.raw_datasets import (
     make_camvid,
     make_cityscapes,
     make_pascal_context,
@@ -18,10 +22,6 @@ from raw_datasets import (
     warning_messages,
     write,
 )
-
-from ciss_tf.data import datasets, raw_readers
-from ciss_tf.data.raw_readers import RawDataError
-from data_prep import builder
 
 CAMVID = ROOT.parent / "shared" / "camvid"
 

@@ -6,9 +6,9 @@ import struct
 
 import numpy as np
 import pytest
-from pspnet_reference import blob, field, packed_floats, string_field, varint
 
 from ciss_tf.convert import caffe
+from tests.helpers.pspnet_reference import blob, field, packed_floats, string_field, varint
 
 
 def test_hand_encoder_matches_protobuf_documentation():

@@ -13,12 +13,12 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, run_cli
 
 from ciss_tf import train
 from ciss_tf.data import datasets, input_pipeline, writer
 from ciss_tf.modeling import checkpoints, config
 from ciss_tf.training import trainer
+from tests.helpers.cli import ROOT, run_cli
 
 CAMVID = ROOT.parent / "shared" / "camvid"
 

@@ -10,12 +10,12 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ENV, ROOT
 
 from ciss_tf import train
 from ciss_tf.data import datasets
 from ciss_tf.modeling import checkpoints, config
 from ciss_tf.training import run_folder, trainer
+from tests.helpers.cli import ENV, ROOT
 
 _SPEC = importlib.util.spec_from_file_location(
     "camvid_report", ROOT / "experiments" / "camvid_report.py"

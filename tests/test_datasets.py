@@ -4,10 +4,10 @@ import dataclasses
 
 import numpy as np
 import pytest
-from raw_datasets import make_camvid
 
 from ciss_tf.data import datasets
 from ciss_tf.data.raw_readers import RawDataError
+from tests.helpers.raw_datasets import make_camvid
 
 
 def test_every_dataset_is_consistent():

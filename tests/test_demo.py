@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_error_line, run_cli
 
 from ciss_tf import train
 from ciss_tf.data import datasets, input_pipeline
 from ciss_tf.evaluation import evaluator
 from ciss_tf.tools import demo, demo_report, greedy_eval
 from ciss_tf.training import run_folder
+from tests.helpers.cli import cli_error_line, run_cli
 
 PALETTE = datasets.get_dataset_info("synthetic").palette
 

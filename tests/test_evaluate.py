@@ -1,7 +1,7 @@
 """ciss_tf.evaluate, the command: an experiment's flagfile and one `error:` line on bad input
 (what it runs, `evaluate_tool.run_evaluation`: test_evaluator.py)."""
 
-from conftest import cli_error_line, run_cli
+from tests.helpers.cli import cli_error_line, run_cli
 
 
 def test_cli_reports_bad_input_in_one_error_line(varied_checkpoint, tmp_path):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from cityscapesscripts.helpers.labels import labels as cityscapes_labels
-from conftest import varied_tiny_net
 
 from ciss_tf.data import input_pipeline, preprocessing, synthetic, tfrecord
 from ciss_tf.evaluation import cityscapes, evaluator
 from ciss_tf.modeling import checkpoints, config, ops
 from ciss_tf.tools import evaluate_tool
+from tests.helpers.nets import varied_tiny_net
 
 NUM_CLASSES = synthetic.NUM_CLASSES
 SIZES = ((37, 53), (29, 41))

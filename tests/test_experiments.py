@@ -7,11 +7,11 @@ import functools
 
 import pytest
 import tensorflow as tf
-from conftest import ROOT
 
 from ciss_tf import train
 from ciss_tf.data import datasets
 from ciss_tf.modeling import config
+from tests.helpers.cli import ROOT
 
 FLAGFILES = sorted((ROOT / "experiments").glob("*.flags"))
 

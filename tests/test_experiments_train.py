@@ -10,14 +10,14 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT
-from test_experiments import FLAGFILES
-from training_runs import run
 
 from ciss_tf import metrics, train
 from ciss_tf.data import datasets, input_pipeline
 from ciss_tf.modeling import checkpoints, config, ops
 from ciss_tf.tools import evaluate_tool
+from tests.helpers.cli import ROOT
+from tests.helpers.training_runs import run
+from tests.test_experiments import FLAGFILES
 
 # Each flagfile's own settings (stage, optimizer, context mode, rewards, learning rates,
 # image panels), shrunk to the tiny preset on synthetic records so that one step is cheap.

@@ -7,11 +7,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_error_line, run_cli
 
 from ciss_tf.data import preprocessing
 from ciss_tf.modeling import config
 from ciss_tf.tools import export_tool
+from tests.helpers.cli import cli_error_line, run_cli
 
 URL = "gs://no-such-bucket"
 TINY = config.ModelConfig(preset="tiny")

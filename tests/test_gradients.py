@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_per_step import TWO_UPDATES, _assert_close_gradient, _batch, _episode, _net
-from training_runs import assert_same_weights, train, weights
 
 from ciss_tf.training import gradients
+from tests.helpers.training_runs import assert_same_weights, train, weights
+from tests.test_per_step import TWO_UPDATES, _assert_close_gradient, _batch, _episode, _net
 
 
 def test_micro_batches_add_up_to_the_whole_batch():

@@ -5,11 +5,11 @@ test_pspnet_weights.py)."""
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_error_line, run_cli
-from pspnet_reference import SIDE, TINY, caffemodel_bytes, random_weights, without
 
 from ciss_tf.convert import import_pspnet
 from ciss_tf.modeling import checkpoints, config
+from tests.helpers.cli import cli_error_line, run_cli
+from tests.helpers.pspnet_reference import SIDE, TINY, caffemodel_bytes, random_weights, without
 
 
 def test_writes_a_checkpoint_that_stage_2_and_evaluation_accept(tmp_path, capsys):

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from raw_datasets import png
 
 from ciss_tf.data import input_pipeline as ip
 from ciss_tf.data import preprocessing, tfrecord
+from tests.helpers.raw_datasets import png
 
 MEAN = np.array(preprocessing.MEAN_RGB, np.float32)
 

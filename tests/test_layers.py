@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import tensorflow as tf
-from training_runs import new_collective_keys
 
 from ciss_tf.modeling.layers import fold_batch_norm, make_norm
+from tests.helpers.training_runs import new_collective_keys
 
 
 def test_fold_batch_norm_hand_values_and_keras_equivalence():

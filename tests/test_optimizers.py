@@ -7,11 +7,17 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from training_runs import assert_same_weights, new_collective_keys, scalars, train, weights
 
 from ciss_tf.training import optimizers as optimizers_lib
 from ciss_tf.training import summaries
 from ciss_tf.training.config import OptimizerConfig
+from tests.helpers.training_runs import (
+    assert_same_weights,
+    new_collective_keys,
+    scalars,
+    train,
+    weights,
+)
 
 
 def test_an_overflow_on_one_replica_makes_every_replica_skip():

@@ -13,12 +13,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT
-from training_runs import assert_same_weights, train, weights
 
 from ciss_tf.modeling import config
 from ciss_tf.training import losses, per_step
 from ciss_tf.training.config import LossConfig, RewardConfig
+from tests.helpers.cli import ROOT
+from tests.helpers.training_runs import assert_same_weights, train, weights
 
 NUM_CLASSES = 5
 # The original's reward on unlabelled pixels, so that per_step must pass it on too.
@@ -34,8 +34,8 @@ def _net(context_mode, dropout=0.3, norm="batch"):
         random_keep_rate=0.6 if context_mode == "random" else None,
     )
     net(tf.zeros([1, 40, 40, 3]), num_steps=1)
-    # Spread the untrained net's classes and actions over the image (as conftest's
-    # `varied_tiny_net`), so that rewards, returns and context maps vary per pixel.
+    # Spread the untrained net's classes and actions over the image (as `varied_tiny_net`
+    # of tests.helpers.nets), so that rewards, returns and context maps vary per pixel.
     net.bias_net.classifier.kernel.assign(net.bias_net.classifier.kernel * 0.1)
     return net
 

@@ -5,12 +5,12 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import cli_error_line, run_cli
 
 from ciss_tf.data import preprocessing, synthetic
 from ciss_tf.evaluation import visualize
 from ciss_tf.modeling import config
 from ciss_tf.tools import predict_tool
+from tests.helpers.cli import cli_error_line, run_cli
 
 WHITE = [255, 255, 255]
 TINY = config.ModelConfig(preset="tiny")

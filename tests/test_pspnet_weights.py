@@ -4,7 +4,11 @@ mapped onto our PSPNet, which then computes Caffe's network (`pspnet_reference`)
 import numpy as np
 import pytest
 import tensorflow as tf
-from pspnet_reference import (
+
+from ciss_tf.convert import caffe, pspnet_weights
+from ciss_tf.modeling import checkpoints, config
+from ciss_tf.modeling.pspnet import FeatureNet, PSPNet
+from tests.helpers.pspnet_reference import (
     AUX_HEAD,
     PSPNET101_STRIDES,
     RESNET50,
@@ -15,10 +19,6 @@ from pspnet_reference import (
     reference_pspnet,
     without,
 )
-
-from ciss_tf.convert import caffe, pspnet_weights
-from ciss_tf.modeling import checkpoints, config
-from ciss_tf.modeling.pspnet import FeatureNet, PSPNet
 
 
 def test_pspnet50_numpy_dict_imports_completely_and_computes_caffes_network(tmp_path):

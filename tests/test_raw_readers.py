@@ -5,7 +5,9 @@ import logging
 import cv2
 import numpy as np
 import pytest
-from raw_datasets import (
+
+from ciss_tf.data import datasets, raw_readers, synthetic
+from tests.helpers.raw_datasets import (
     CITYSCAPES_TRAIN_IDS,
     convert,
     make_camvid,
@@ -17,8 +19,6 @@ from raw_datasets import (
     warning_messages,
     write,
 )
-
-from ciss_tf.data import datasets, raw_readers, synthetic
 
 
 def read_splits(dataset, input_dir):

@@ -5,15 +5,15 @@ import json
 
 import pytest
 from absl import flags
-from conftest import run_cli
-from training_runs import config as tiny_config
-from training_runs import train
 
 from ciss_tf import train as train_command
 from ciss_tf.modeling import config
 from ciss_tf.tools import command_flags, evaluate_tool
 from ciss_tf.training import run_folder
 from ciss_tf.training.config import TrainConfig
+from tests.helpers.cli import run_cli
+from tests.helpers.training_runs import config as tiny_config
+from tests.helpers.training_runs import train
 
 # Every sub-config away from its defaults, so that a field lost on the way fails.
 EVERYTHING = [
@@ -76,9 +76,11 @@ def test_resume_refuses_another_model_and_records_other_changes(synthetic_record
                           ("--dataset=camvid", "data.dataset was synthetic, now camvid")]:
         with pytest.raises(ValueError, match=f"holds a run of another model \\({message}\\)"):
             run_folder.check_resume(tiny_config(synthetic_records, model_dir, flag))
-    # Another number of steps, or the same Context Net batch norm with per-replica
-    # statistics: allowed, the change recorded with the step it took effect at.
-    train(synthetic_records, model_dir, "--max_steps=2", "--log_every=2")
+    # Other settings: allowed, the change recorded with the step it took effect at (what
+    # the trainer does when it resumes at step 1).
+    resumed = tiny_config(synthetic_records, model_dir, "--max_steps=2", "--log_every=2")
+    run_folder.check_resume(resumed)
+    run_folder.record(resumed, 1)
     changes = [json.loads(line) for line in
                (model_dir / run_folder.CHANGES_FILE).read_text().splitlines()]
     assert changes == [{"step": 1, "changed": {"log_every": [1, 2], "max_steps": [1, 2]}}]
@@ -159,7 +161,7 @@ def test_evaluate_scores_a_run_without_its_flagfile_as_with_it(stage2_run, synth
 
 def test_predict_and_export_refuse_a_stage1_run(synthetic_records, tmp_path):
     model_dir = tmp_path / "pspnet"
-    train(synthetic_records, model_dir, "--stage=pspnet", "--max_steps=1")
+    run_folder.record(tiny_config(synthetic_records, model_dir, "--stage=pspnet"), 0)
     assert _settings(str(model_dir)).model.stage == "pspnet"
     with pytest.raises(ValueError, match="a stage-1 PSPNet run; export takes a stage-2"):
         flag_values = copy.deepcopy(flags.FLAGS)

@@ -5,7 +5,8 @@ import logging
 import numpy as np
 import pytest
 import tensorflow as tf
-from training_runs import scalars, train
+
+from tests.helpers.training_runs import scalars, train
 
 
 def test_overfits_a_few_images_and_logs_every_tag(synthetic_records, tmp_path, caplog):

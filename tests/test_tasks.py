@@ -4,8 +4,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import varied_tiny_net
-from training_runs import train
 
 from ciss_tf.data import datasets
 from ciss_tf.evaluation import segmenter
@@ -13,6 +11,8 @@ from ciss_tf.modeling import checkpoints, config
 from ciss_tf.modeling.config import ModelConfig
 from ciss_tf.training import tasks
 from ciss_tf.training.config import OptimizerConfig, TrainConfig
+from tests.helpers.nets import varied_tiny_net
+from tests.helpers.training_runs import train
 
 
 def test_base_init_pspnet_copies_the_stage1_head_into_the_base_net(synthetic_records, tmp_path):

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from raw_datasets import (
+
+from ciss_tf.data.raw_readers import RawDataError
+from data_prep import tfds_cityscapes
+from tests.helpers.raw_datasets import (
     CITYSCAPES_IDS,
     CITYSCAPES_TRAIN_IDS,
     convert,
@@ -14,9 +17,6 @@ from raw_datasets import (
     random_image,
     read_records,
 )
-
-from ciss_tf.data.raw_readers import RawDataError
-from data_prep import tfds_cityscapes
 
 
 def make_cityscapes_zips(zip_dir: Path, rng) -> dict[str, tuple[np.ndarray, np.ndarray]]:

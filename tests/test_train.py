@@ -5,8 +5,8 @@ process by the files of the training modules: test_trainer.py, test_optimizers.p
 test_tasks.py, test_summaries.py.
 """
 
-from conftest import cli_error_line, run_cli
-from training_runs import TINY
+from tests.helpers.cli import cli_error_line, run_cli
+from tests.helpers.training_runs import TINY
 
 
 def test_a_missing_data_dir_gives_one_error_line(tmp_path):

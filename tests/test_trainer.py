@@ -15,13 +15,20 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ENV, ROOT
-from training_runs import TINY, assert_same_weights, new_collective_keys, scalars, train, weights
 
 from ciss_tf.data import input_pipeline
 from ciss_tf.evaluation import evaluator
 from ciss_tf.modeling import checkpoints, config
 from ciss_tf.training import run_folder, trainer
+from tests.helpers.cli import ENV, ROOT
+from tests.helpers.training_runs import (
+    TINY,
+    assert_same_weights,
+    new_collective_keys,
+    scalars,
+    train,
+    weights,
+)
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ must land as close to the float32 step as the 1-device step does.
 import keras
 import numpy as np
 import pytest
-from test_trainer_switches import LOW_SCALE, assert_same_update, initial_weights
-from training_runs import train, weights
+
+from tests.helpers.training_runs import train, weights
+from tests.test_trainer_switches import LOW_SCALE, assert_same_update, initial_weights
 
 STAGE1 = ["--stage=pspnet", "--dropout=0", "--deterministic"]
 

@@ -10,12 +10,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import training_runs
-from training_runs import train, weights
 
 from ciss_tf.data import datasets
 from ciss_tf.modeling import checkpoints, config
 from ciss_tf.training import tasks, trainer
+from tests.helpers import training_runs
+from tests.helpers.training_runs import train, weights
 
 ONE_STEP = ["--max_steps=1", "--dropout=0", "--deterministic"]
 # Low enough that no float16 gradient of the tiny net overflows on 1 device or on 2: the

@@ -6,10 +6,17 @@ import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
-from raw_datasets import convert, make_camvid, make_pascal_context, png, read_records, write
 
 from ciss_tf.data import datasets, raw_readers, writer
 from ciss_tf.data.raw_readers import RawDataError, RawExample
+from tests.helpers.raw_datasets import (
+    convert,
+    make_camvid,
+    make_pascal_context,
+    png,
+    read_records,
+    write,
+)
 
 CAMVID_MAP = datasets.get_dataset_info("camvid").label_map
 
