@@ -111,7 +111,7 @@ def test_resnet_stem_matches_keras_parameter_count_and_config(loaded):
     clone = DilatedResNet.from_config(backbone.get_config())
     assert clone.get_config()["stem"] == "resnet"
     psp = config.build_pspnet(3, "tiny", stem="resnet")
-    assert psp.get_config()["feature_net"]["stem"] == "resnet"
+    assert psp.get_config()["feature_net"]["backbone"]["stem"] == "resnet"
     assert psp.feature_net.backbone.stem_type == "resnet"
     with pytest.raises(ValueError, match="stem"):
         DilatedResNet(stem="7x7")

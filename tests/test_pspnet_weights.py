@@ -98,7 +98,7 @@ def test_caffemodel_equals_numpy_dict_and_stride_on_3x3_matches_caffe(tmp_path, 
     with pytest.raises(ValueError, match="res3 strides on conv3_1_3x3 .* conv3_1_1x1_reduce"):
         pspnet_weights.import_weights(from_caffe, loaded, "w.caffemodel", stride_on)
     model = _tiny_model("3x3")
-    assert FeatureNet.from_config(model.feature_net.get_config()).stride_on == "3x3"
+    assert FeatureNet.from_config(model.feature_net.get_config()).backbone.stride_on == "3x3"
     pspnet_weights.import_weights(model, loaded, "w.caffemodel", stride_on)
     images = np.random.default_rng(2).normal(0.0, 50.0, (2, SIDE, SIDE, 3)).astype(np.float32)
     *_, expected = reference_pspnet(weights, images, TINY["depths"], stride_on="3x3")

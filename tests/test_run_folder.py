@@ -17,7 +17,7 @@ from tests.helpers.training_runs import train
 
 # Every sub-config away from its defaults, so that a field lost on the way fails.
 EVERYTHING = [
-    "--stage=ciss", "--preset=tiny", "--dataset=camvid", "--context_mode=random",
+    "--stage=pspnet", "--preset=tiny", "--dataset=camvid", "--context_mode=random",
     "--random_keep_rate=0.3", "--stem=resnet", "--context_encoder_norm=batch_per_replica",
     "--dropout=0.2", "--crop_size=40,56", "--min_scale=0.6", "--max_scale=1.4",
     "--batch_size=6", "--augmentation=original", "--optimizer=adamw", "--momentum=0.8",
