@@ -8,7 +8,10 @@ The flags are parsed here once into a `training.config.TrainConfig` (`config_fro
 that `training.trainer.train` runs with the task of the stage (`training.tasks`): the
 distributed step, one optimizer per learning-rate group (`training.optimizers`, SPEC.md
 section 5), checkpoints and exact resume. Re-running the same command resumes from the
-latest checkpoint in `--model_dir`.
+latest checkpoint in `--model_dir`. The whole config is saved there as `config.json`
+(`training.run_folder`), which the evaluate, predict and export tools read; resuming with
+another model is refused, other changed settings are recorded. Every `TrainConfig` field
+has the flag of its name (`FLAG_NAMES` lists the two named otherwise).
 """
 
 import copy
