@@ -119,8 +119,8 @@ def record(cfg, step):
       step: the step training starts from (0, or the resumed checkpoint's).
 
     Raises:
-      ValueError: the folder holds a checkpoint of another model or dataset (one line
-        naming the folder and the first difference).
+      ValueError: the folder's earlier `config.json` is unreadable (naming it). A
+        checkpoint of another model is refused before, by `check_resume`.
     """
     tf.io.gfile.makedirs(cfg.model_dir)
     path = os.path.join(cfg.model_dir, CONFIG_FILE)
