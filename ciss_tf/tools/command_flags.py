@@ -5,7 +5,7 @@ what they run from the run folder overridden by the flags given (`inference_sett
 and report bad input through `run_tool`.
 
 Commands only: library code takes configs (`config.ModelConfig`, `training.config`,
-`evaluation.evaluator.EvalConfig`), never flags. Importing this module defines the common
+`tools.evaluate_tool.EvalConfig`), never flags. Importing this module defines the common
 flags in `absl.flags.FLAGS`.
 """
 
@@ -75,9 +75,8 @@ flags.register_validator(
     message="--input_scale must be a positive number",
 )
 
-# `ModelConfig` fields set by the flags of the same names.
-MODEL_FLAGS = ("stage", "preset", "context_mode", "random_keep_rate", "stem",
-               "context_encoder_norm", "dropout", "backbone")
+# Every `ModelConfig` field is set by the flag of its name (`model_config`).
+MODEL_FLAGS = tuple(field.name for field in dataclasses.fields(config.ModelConfig))
 
 
 def config_from_flags(cls, flag_values, flag_names=None, parsers=None, given=None,

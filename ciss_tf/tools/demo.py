@@ -62,14 +62,6 @@ class Run:
     label: str
     flags: tuple[str, ...] = ()
 
-    @property
-    def context_mode(self):
-        """The `--context_mode` the run trains and is evaluated with."""
-        for flag in self.flags:
-            if flag.startswith("--context_mode="):
-                return flag.split("=", 1)[1]
-        return "learned"
-
 
 DEFAULT_RUNS = (
     Run("ciss", "CiSS-Net (lambda2 = 0.05)"),
